@@ -1,0 +1,88 @@
+"""The application factory: settings in, a FastAPI app with the twin on `app.state` out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from starlette.responses import Response
+
+from api import errors
+from api.deps import AppState
+from api.responses import json_response
+from api.routes import batch, contexts, discovery, entities
+from api.settings import Settings
+from twin.context import ContextRegistry, ContextResolver
+from twin.core import Twin
+from twin.store.oxigraph import OxigraphBackend
+
+log = logging.getLogger("urbis")
+
+
+def build_state(settings: Settings) -> AppState:
+    backend = OxigraphBackend(settings.data_dir)
+    registry = ContextRegistry(settings.data_dir / "contexts" if settings.data_dir else None)
+    resolver = ContextResolver(
+        fetch_timeout=settings.context_fetch_timeout,
+        max_context_bytes=settings.max_context_bytes,
+        cache_ttl=settings.context_cache_ttl,
+        allow_remote=settings.allow_remote_contexts,
+        registry=registry,
+    )
+    token = settings.admin_token
+    if not settings.open and not token:
+        token = secrets.token_urlsafe(24)
+        log.warning("no URBIS_ADMIN_TOKEN set: writes need this generated token: %s", token)
+    return AppState(
+        settings=settings,
+        twin=Twin(backend, max_scan=settings.max_scan),
+        resolver=resolver,
+        registry=registry,
+        admin_token=token,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        live: asyncio.Task[None] | None = None
+        if settings.open:
+            log.warning("*** URBIS RUNS OPEN: anyone who reaches it can read and write ***")
+        if settings.demo:
+            from api.demo import load_demo, run_live_demo
+
+            await asyncio.to_thread(load_demo, state)
+            if settings.demo_live_seconds > 0:
+                live = asyncio.create_task(run_live_demo(state, settings.demo_live_seconds))
+        try:
+            yield
+        finally:
+            if live is not None:
+                live.cancel()
+                with suppress(asyncio.CancelledError):
+                    await live
+            state.twin.close()
+
+    app = FastAPI(
+        title="Urbis",
+        description="Open digital-twin data space for cities: NGSI-LD API over an RDF twin",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.urbis = state
+    errors.install(app)
+    for module in (entities, batch, discovery, contexts):
+        app.include_router(module.router)
+
+    @app.get("/health", tags=["admin"])
+    def health() -> Response:
+        return json_response({"status": "ok", "store": state.twin.backend.name})
+
+    return app

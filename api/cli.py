@@ -1,0 +1,177 @@
+"""The `urbis` command: serve the API, load entity files, ask the twin in SPARQL."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="Urbis: an open digital-twin data space for cities.", no_args_is_help=True)
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="On-disk twin directory (default: URBIS_DATA_DIR).")
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    data_dir: DataDir = None,
+    memory: Annotated[bool, typer.Option("--memory", help="Keep the twin in memory.")] = False,
+    open_access: Annotated[
+        bool, typer.Option("--open", help="Anonymous full access: local development only.")
+    ] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="Start on a generated, living demo city.")] = False,
+) -> None:
+    """Run the NGSI-LD API server."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if memory:
+        overrides["data_dir"] = None
+    if open_access:
+        overrides["open"] = True
+    if demo:
+        overrides["demo"] = True
+    settings = Settings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if settings.open:
+        typer.secho(
+            "WARNING: --open gives ANYONE who can reach this server full read and write access.",
+            fg=typer.colors.RED,
+            bold=True,
+            err=True,
+        )
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.open:
+        typer.secho("WARNING: open access on a non-loopback address.", fg="red", err=True)
+    where = settings.data_dir or "memory"
+    typer.echo(f"Urbis on http://{settings.host}:{settings.port}/ngsi-ld/v1 (twin: {where})")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def _entities(path: Path) -> Iterator[Any]:
+    """Entities of a JSON array file, streamed item by item when ijson-like parsing is not needed."""
+    import orjson
+
+    data = orjson.loads(path.read_bytes())
+    items = data if isinstance(data, list) else [data]
+    yield from items
+
+
+@app.command()
+def load(
+    files: Annotated[list[Path], typer.Argument(help="NGSI-LD JSON or JSON-LD entity arrays.")],
+    data_dir: DataDir = None,
+    dataset: Annotated[str, typer.Option(help="Dataset (named graph) to load into.")] = "default",
+    context: Annotated[
+        str | None, typer.Option(help="@context URL for entities without an @context member.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Entities per transaction.")] = 1000,
+) -> None:
+    """Load entity files into an on-disk twin, upserting, in batches."""
+    from rich.progress import Progress
+
+    from api.app import build_state
+    from api.settings import Settings
+    from twin.errors import NgsiLdError
+    from twin.model import EntityReader
+    from twin.rdf import dataset_graph
+    from twin.store.base import DEFAULT_TENANT
+
+    settings = Settings(**({"data_dir": data_dir} if data_dir else {}), open=True)
+    if settings.data_dir is None:
+        typer.secho("load needs --data-dir (or URBIS_DATA_DIR)", fg="red", err=True)
+        raise typer.Exit(2)
+    state = build_state(settings)
+    service = state.twin.tenant(DEFAULT_TENANT, create=True)
+    graph = dataset_graph(dataset)
+    loaded = failed = 0
+
+    def flush(batch: list[tuple[str | None, Any]]) -> None:
+        nonlocal loaded, failed
+        result = service.batch(batch, lambda new, _old: new, graph=graph)
+        loaded += len(result.success)
+        failed += len(result.errors)
+        for entity_id, error in result.errors[:5]:
+            typer.secho(f"  rejected {entity_id}: {error.detail}", fg="yellow", err=True)
+
+    with Progress() as progress:
+        for path in files:
+            task = progress.add_task(path.name, total=None)
+            batch: list[tuple[str | None, Any]] = []
+            for item in _entities(path):
+                entity_id = item.get("id") if isinstance(item, dict) else None
+                try:
+                    ctx = item.get("@context", context) if isinstance(item, dict) else context
+                    doc = EntityReader(state.resolver.resolve(ctx)).entity(item)
+                    batch.append((doc["id"], doc))
+                except NgsiLdError as error:
+                    batch.append((entity_id, error))
+                if len(batch) >= batch_size:
+                    flush(batch)
+                    progress.advance(task, len(batch))
+                    batch = []
+            if batch:
+                flush(batch)
+                progress.advance(task, len(batch))
+    state.twin.close()
+    typer.echo(f"loaded {loaded} entities, rejected {failed}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sparql(
+    query: Annotated[str, typer.Argument(help="A SPARQL SELECT, ASK or CONSTRUCT query.")],
+    data_dir: DataDir = None,
+    tenant: Annotated[str, typer.Option(help="NGSI-LD tenant.")] = "",
+) -> None:
+    """Run a SPARQL query against an on-disk twin and print the results as TSV or N-Triples."""
+    from pyoxigraph import QueryBoolean, QuerySolutions, QueryTriples, Store
+
+    from api.settings import Settings
+    from twin.store.oxigraph import DEFAULT_DIR
+
+    settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
+    if settings.data_dir is None:
+        typer.secho("sparql needs --data-dir (or URBIS_DATA_DIR)", fg="red", err=True)
+        raise typer.Exit(2)
+    path = settings.data_dir / "tenants" / (tenant or DEFAULT_DIR)
+    if not path.exists():
+        typer.secho(f"no twin at {path}", fg="red", err=True)
+        raise typer.Exit(2)
+    store = Store.read_only(str(path))
+    try:
+        result = store.query(query, use_default_graph_as_union=True)
+    except SyntaxError as exc:
+        typer.secho(f"invalid SPARQL: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    out = sys.stdout
+    if isinstance(result, QuerySolutions):
+        names = [v.value for v in result.variables]
+        out.write("\t".join("?" + n for n in names) + "\n")
+        for row in result:
+            out.write("\t".join("" if row[n] is None else str(row[n]) for n in names) + "\n")
+    elif isinstance(result, QueryBoolean):
+        out.write(("true" if bool(result) else "false") + "\n")
+    elif isinstance(result, QueryTriples):
+        for triple in result:
+            out.write(f"{triple.subject} {triple.predicate} {triple.object} .\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,111 @@
+"""Typed request dependencies: the twin, the tenant, the @context terms, the access gate."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from api.http import CORE_CONTEXT, link_context
+from api.settings import Settings
+from twin.context import ContextRegistry, ContextResolver
+from twin.core import Twin
+from twin.entities import EntityService
+from twin.errors import Unauthorized
+from twin.store.base import DEFAULT_TENANT, check_tenant
+from twin.terms import Terms
+
+log = logging.getLogger("urbis")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass
+class AppState:
+    """What create_app puts on `app.state.urbis`."""
+
+    settings: Settings
+    twin: Twin
+    resolver: ContextResolver
+    registry: ContextRegistry
+    admin_token: str | None
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.urbis
+    return state
+
+
+StateDep = Annotated[AppState, Depends(app_state)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the sovereignty layer will replace this with a party and its policies."""
+
+    admin: bool
+    anonymous: bool
+
+
+def access_gate(request: Request, state: StateDep) -> Caller:
+    """Reads are public; writes need the admin bearer token unless the server runs open."""
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    expected = state.admin_token
+    admin = bool(token and expected and hmac.compare_digest(token, expected))
+    if state.settings.open:
+        return Caller(admin=True, anonymous=not admin)
+    if request.method not in SAFE_METHODS and not admin:
+        if token:
+            raise Unauthorized("the bearer token is not valid for writes")
+        raise Unauthorized(
+            "writes need 'Authorization: Bearer <admin token>' (URBIS_ADMIN_TOKEN); "
+            "start with --open for anonymous local development"
+        )
+    return Caller(admin=admin, anonymous=token is None)
+
+
+CallerDep = Annotated[Caller, Depends(access_gate)]
+
+
+def tenant_name(request: Request) -> str:
+    name = request.headers.get("ngsild-tenant") or request.headers.get("fiware-service")
+    return check_tenant(name.strip()) if name else DEFAULT_TENANT
+
+
+def tenant_service(request: Request, state: StateDep, _: CallerDep) -> EntityService:
+    """Reads of an unknown tenant fail (NonexistentTenant); writes create it (clause 5.5.7)."""
+    create = request.method not in SAFE_METHODS
+    return state.twin.tenant(tenant_name(request), create=create)
+
+
+ServiceDep = Annotated[EntityService, Depends(tenant_service)]
+
+
+@dataclass
+class LdContext:
+    """The request's @context: its resolved terms and the value to echo in responses."""
+
+    terms: Terms
+    value: Any  # URL string, list or inline object; None means the core context only
+
+    def link_url(self) -> str:
+        return self.value if isinstance(self.value, str) else CORE_CONTEXT
+
+    def body_value(self) -> Any:
+        if self.value is None:
+            return CORE_CONTEXT
+        return self.value
+
+
+def resolve_context(state: AppState, value: Any) -> LdContext:
+    return LdContext(terms=state.resolver.resolve(value), value=value)
+
+
+def link_context_dep(request: Request, state: StateDep) -> LdContext:
+    return resolve_context(state, link_context(request))
+
+
+ContextDep = Annotated[LdContext, Depends(link_context_dep)]

@@ -1,0 +1,174 @@
+"""Query-string parameters of the NGSI-LD API, parsed with precise errors (clause 6.3.x)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import QueryParams
+
+from api.settings import Settings
+from twin.entities import EntityQuery
+from twin.errors import BadRequestData, TooManyResults
+from twin.geo import parse_geoq
+from twin.query.qlang import expand_q, parse_q
+from twin.query.typeexpr import parse_types
+from twin.terms import Terms
+
+FORMATS = ("normalized", "concise", "keyValues")
+RETRIEVE_OPTIONS = frozenset({"keyValues", "concise", "normalized", "sysAttrs"})
+
+
+def options(params: QueryParams, allowed: frozenset[str]) -> set[str]:
+    found: set[str] = set()
+    for raw in params.getlist("options"):
+        for item in raw.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item not in allowed:
+                raise BadRequestData(
+                    f"unknown option {item!r}; allowed here: {', '.join(sorted(allowed))}"
+                )
+            found.add(item)
+    return found
+
+
+@dataclass
+class Representation:
+    form: str
+    sys_attrs: bool
+    lang: str | None
+
+
+def representation(params: QueryParams) -> Representation:
+    opts = options(params, RETRIEVE_OPTIONS)
+    forms = [f for f in FORMATS if f in opts]
+    fmt = params.get("format")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise BadRequestData(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        forms.append(fmt)
+    if len(set(forms)) > 1:
+        raise BadRequestData(f"conflicting representations requested: {', '.join(forms)}")
+    return Representation(
+        form=forms[0] if forms else "normalized",
+        sys_attrs="sysAttrs" in opts,
+        lang=params.get("lang"),
+    )
+
+
+def name_list(params: QueryParams, key: str) -> list[str] | None:
+    raw = params.getlist(key)
+    if not raw:
+        return None
+    names = [n.strip() for item in raw for n in item.split(",") if n.strip()]
+    if not names:
+        raise BadRequestData(f"parameter {key!r} is empty")
+    return names
+
+
+def expanded_names(params: QueryParams, key: str, terms: Terms) -> set[str] | None:
+    names = name_list(params, key)
+    if names is None:
+        return None
+    return {n if n in ("id", "type", "scope") else terms.expand(n) for n in names}
+
+
+def integer(params: QueryParams, key: str, default: int, *, minimum: int = 0) -> int:
+    raw = params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestData(f"{key} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise BadRequestData(f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
+def boolean(params: QueryParams, key: str) -> bool:
+    raw = params.get(key)
+    if raw is None:
+        return False
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise BadRequestData(f"{key} must be true or false, got {raw!r}")
+
+
+def entity_query(source: dict[str, Any], terms: Terms, settings: Settings) -> EntityQuery:
+    """An EntityQuery from GET parameters or the body of POST /entityOperations/query."""
+    query = EntityQuery()
+    ids = source.get("id")
+    if ids is not None:
+        from twin.model import check_uri
+
+        query.ids = [check_uri(i, "id") for i in ids]
+    if source.get("idPattern") is not None:
+        import re
+
+        try:
+            re.compile(source["idPattern"])
+        except re.error as exc:
+            raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from None
+        query.id_pattern = source["idPattern"]
+    if source.get("type") is not None:
+        query.types = parse_types(source["type"], terms.expand)
+    if source.get("attrs") is not None:
+        query.attrs = {terms.expand(a) for a in source["attrs"]}
+    q = source.get("q")
+    if q is not None:
+        query.q = expand_q(
+            parse_q(q, max_length=settings.max_q_length), terms.expand, terms.expand_vocab
+        )
+    geo = source.get("geoQ")
+    if geo is not None:
+        parsed = parse_geoq(
+            geo.get("georel"), geo.get("geometry"), geo.get("coordinates"), geo.get("geoproperty")
+        )
+        if parsed is not None:
+            from dataclasses import replace
+
+            query.geo = replace(parsed, geoproperty=terms.expand(parsed.geoproperty))
+    if source.get("scopeQ") is not None:
+        query.scope = [s.strip() for s in str(source["scopeQ"]).split(",") if s.strip()]
+    if not any(
+        x is not None for x in (query.ids, query.id_pattern, query.types, query.attrs, query.q, query.geo)
+    ) and not source.get("local"):
+        raise BadRequestData(
+            "a query needs at least one of: id, idPattern, type, attrs, q, geoQ (clause 5.7.2)"
+        )
+    query.limit = source.get("limit", settings.default_page_size)
+    query.offset = source.get("offset", 0)
+    query.count = bool(source.get("count"))
+    if query.limit > settings.max_page_size:
+        raise TooManyResults(
+            f"limit {query.limit} is above the maximum page size {settings.max_page_size}"
+        )
+    return query
+
+
+def query_source(params: QueryParams, settings: Settings) -> dict[str, Any]:
+    """GET /entities parameters in the shape of a Query body."""
+    source: dict[str, Any] = {
+        "id": name_list(params, "id"),
+        "idPattern": params.get("idPattern"),
+        "type": params.get("type"),
+        "attrs": name_list(params, "attrs"),
+        "q": params.get("q"),
+        "scopeQ": params.get("scopeQ"),
+        "limit": integer(params, "limit", settings.default_page_size),
+        "offset": integer(params, "offset", 0),
+        "count": boolean(params, "count"),
+        "local": boolean(params, "local"),
+    }
+    georel, geometry, coordinates = (params.get(k) for k in ("georel", "geometry", "coordinates"))
+    if georel or geometry or coordinates:
+        source["geoQ"] = {
+            "georel": georel,
+            "geometry": geometry,
+            "coordinates": coordinates,
+            "geoproperty": params.get("geoproperty"),
+        }
+    return source

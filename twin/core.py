@@ -1,0 +1,33 @@
+"""The twin: a store backend and one entity service per tenant."""
+
+from __future__ import annotations
+
+import threading
+
+from twin.entities import EntityService
+from twin.store.base import StoreBackend
+
+
+class Twin:
+    """Hands out the entity service of a tenant, opening it (and its spatial index) once."""
+
+    def __init__(self, backend: StoreBackend, *, max_scan: int = 200_000) -> None:
+        self.backend = backend
+        self.max_scan = max_scan
+        self._services: dict[str, EntityService] = {}
+        self._lock = threading.Lock()
+
+    def tenant(self, name: str, *, create: bool = False) -> EntityService:
+        service = self._services.get(name)
+        if service is not None:
+            return service
+        with self._lock:
+            service = self._services.get(name)
+            if service is None:
+                store = self.backend.tenant(name, create=create)
+                service = EntityService(store, max_scan=self.max_scan)
+                self._services[name] = service
+            return service
+
+    def close(self) -> None:
+        self.backend.close()

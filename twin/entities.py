@@ -1,0 +1,475 @@
+"""Entity operations on one tenant: the NGSI-LD semantics over the store contract.
+
+Every operation validates first and writes once: a batch's successful entities land in one
+store transaction, and a failed entity leaves nothing behind. Writes of a tenant are serialised
+by a lock so that read-modify-write operations (PATCH, append) never lose an update.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyoxigraph import Quad
+
+from twin import ns
+from twin.errors import AlreadyExists, BadRequestData, NgsiLdError, ResourceNotFound
+from twin.geo import GeoQuery, SpatialIndex, parse_geometry
+from twin.model import NULL_URI, SYSTEM_MEMBERS
+from twin.query.qeval import evaluate
+from twin.query.qlang import QExpr
+from twin.query.qsparql import to_sparql
+from twin.query.sparql import iri, string
+from twin.query.typeexpr import TypeExpr, type_filter, type_names
+from twin.rdf import dump_document, entity_quads, load_document
+from twin.store.base import TenantStore
+
+Doc = dict[str, Any]
+
+
+@dataclass
+class EntityQuery:
+    """A query on entities with every name already expanded (clause 5.7.2)."""
+
+    ids: list[str] | None = None
+    id_pattern: str | None = None
+    types: TypeExpr | None = None
+    attrs: set[str] | None = None
+    q: QExpr | None = None
+    geo: GeoQuery | None = None
+    scope: list[str] | None = None
+    limit: int = 20
+    offset: int = 0
+    count: bool = False
+
+
+@dataclass
+class QueryResult:
+    documents: list[Doc]
+    total: int | None = None
+
+
+@dataclass
+class BatchResult:
+    """Per-entity outcome of a batch (BatchOperationResult, clause 5.2.16)."""
+
+    success: list[str] = field(default_factory=list)
+    errors: list[tuple[str | None, NgsiLdError]] = field(default_factory=list)
+
+
+@dataclass
+class UpdateResult:
+    """Attributes updated and not updated (UpdateResult, clause 5.2.18)."""
+
+    updated: list[str] = field(default_factory=list)
+    not_updated: list[tuple[str, str]] = field(default_factory=list)
+
+
+class EntityService:
+    """NGSI-LD entity semantics over one tenant's store, its spatial index and its lock."""
+
+    def __init__(self, store: TenantStore, *, max_scan: int = 200_000) -> None:
+        self.store = store
+        self.lock = threading.RLock()
+        self.index = SpatialIndex()
+        self.max_scan = max_scan
+        self._load_index()
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, entity_id: str) -> Doc:
+        found = self.store.documents([entity_id])
+        if entity_id not in found:
+            raise ResourceNotFound(f"entity {entity_id!r} not found")
+        return load_document(found[entity_id][0])
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, tuple[Doc, str]]:
+        return {k: (load_document(t), g) for k, (t, g) in self.store.documents(ids).items()}
+
+    def query(self, query: EntityQuery) -> QueryResult:
+        where, exact = self._where(query)
+        if query.geo is not None:
+            hits = self._geo_hits(query.geo)
+            if not hits:
+                return QueryResult([], 0 if query.count else None)
+            where.insert(0, "VALUES ?e { " + " ".join(iri(h) for h in sorted(hits)) + " }")
+        body = " ".join(where)
+        if exact:
+            total = None
+            if query.count:
+                total = self.store.count(f"SELECT (COUNT(DISTINCT ?e) AS ?n) WHERE {{ {body} }}")
+            if query.limit == 0:
+                return QueryResult([], total)
+            page = f"SELECT DISTINCT ?e WHERE {{ {body} }} ORDER BY ?e"
+            page += f" LIMIT {query.limit} OFFSET {query.offset}"
+            ids = [row[0].value for row in self.store.select(page) if row[0] is not None]
+            docs = self.get_many(ids)
+            return QueryResult([docs[i][0] for i in ids if i in docs], total)
+        # Inexact: the store narrows the candidates, the evaluator decides.
+        scan = f"SELECT DISTINCT ?e WHERE {{ {body} }} ORDER BY ?e LIMIT {self.max_scan + 1}"
+        candidates = [row[0].value for row in self.store.select(scan) if row[0] is not None]
+        if len(candidates) > self.max_scan:
+            from twin.errors import TooComplexQuery
+
+            raise TooComplexQuery(
+                f"this q needs a scan of more than {self.max_scan} entities; narrow it with "
+                "a type, ids or a simpler q"
+            )
+        matched: list[Doc] = []
+        assert query.q is not None
+        for start in range(0, len(candidates), 500):
+            batch = self.get_many(candidates[start : start + 500])
+            for entity_id in candidates[start : start + 500]:
+                if entity_id in batch and evaluate(query.q, batch[entity_id][0]):
+                    matched.append(batch[entity_id][0])
+        total = len(matched) if query.count else None
+        return QueryResult(matched[query.offset : query.offset + query.limit], total)
+
+    def _where(self, query: EntityQuery) -> tuple[list[str], bool]:
+        where: list[str] = []
+        filters: list[str] = []
+        if query.ids is not None:
+            where.append("VALUES ?e { " + " ".join(iri(i) for i in query.ids) + " }")
+        if query.types is not None:
+            names = type_names(query.types)
+            if names is not None and len(names) == 1:
+                where.append(f"?e a {iri(names[0])} .")
+            elif names is not None:
+                where.append("VALUES ?t { " + " ".join(iri(n) for n in names) + " } ?e a ?t .")
+            else:
+                where.append("?e a ?anyType .")
+                filters.append(type_filter(query.types))
+        else:
+            where.append(f"GRAPH {iri(ns.ENTITIES_GRAPH)} {{ ?e {iri(ns.URBIS + 'document')} ?doc }}")
+        if query.id_pattern is not None:
+            filters.append(f"REGEX(STR(?e), {string(query.id_pattern)})")
+        if query.attrs:
+            values = " ".join(iri(a) for a in sorted(query.attrs))
+            filters.append(f"EXISTS {{ VALUES ?attr {{ {values} }} ?e ?attr ?anyValue }}")
+        if query.scope:
+            scopes = " || ".join(
+                f"CONTAINS(?scopeDoc, {string(chr(34) + s + chr(34))})" for s in query.scope
+            )
+            # Scope lives only in the document; a superset test on its text, refined below.
+            filters.append(
+                f"EXISTS {{ GRAPH {iri(ns.ENTITIES_GRAPH)} "
+                f"{{ ?e {iri(ns.URBIS + 'document')} ?scopeLit }} "
+                f"BIND(STR(?scopeLit) AS ?scopeDoc) FILTER({scopes}) }}"
+            )
+        exact = True
+        if query.q is not None:
+            condition = to_sparql(query.q, entity_var="e")
+            filters.append(condition.expression)
+            exact = condition.exact
+        where.extend(f"FILTER({f})" for f in filters)
+        return where, exact
+
+    def _geo_hits(self, query: GeoQuery) -> set[str]:
+        """Entities whose `geoproperty` matches, from the spatial index (never a scan)."""
+        return {key[0] for key in self.index.query(query) if key[1] == query.geoproperty}
+
+    def _load_index(self) -> None:
+        rows = self.store.select(
+            "SELECT ?e ?p ?g ?wkt WHERE { ?e ?p ?g . ?g "
+            f"{iri(ns.GEO + 'asWKT')} ?wkt . FILTER(?p != {iri(ns.GEO + 'hasGeometry')}) }}"
+        )
+        for entity, attr, geom_node, wkt in rows:
+            if entity is None or attr is None or geom_node is None or wkt is None:
+                continue
+            self.index.add((entity.value, attr.value, geom_node.value), _from_wkt(wkt.value))
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def write(self, changes: Sequence[tuple[Doc | None, Doc | None, str]]) -> None:
+        """Replace old documents by new ones (None: absent) in one transaction.
+
+        Only the difference between the old and new quads reaches the store, so a PATCH of one
+        attribute costs a handful of quads, not the whole entity.
+        """
+        remove: list[Quad] = []
+        add: list[Quad] = []
+        for old, new, graph in changes:
+            old_quads = set(entity_quads(old, graph)) if old is not None else set()
+            new_quads = set(entity_quads(new, graph)) if new is not None else set()
+            remove.extend(old_quads - new_quads)
+            add.extend(new_quads - old_quads)
+        self.store.apply(remove, add)
+        for old, new, _ in changes:
+            if old is not None:
+                for key in _geo_keys(old):
+                    self.index.remove(key)
+            if new is not None:
+                for key, geom in _geo_items(new):
+                    self.index.add(key, geom)
+
+    def create(self, doc: Doc, graph: str = ns.DEFAULT_DATASET) -> None:
+        with self.lock:
+            if self.store.documents([doc["id"]]):
+                raise AlreadyExists(f"entity {doc['id']!r} already exists")
+            self.write([(None, doc, graph)])
+
+    def delete(self, entity_id: str) -> None:
+        with self.lock:
+            old, graph = self._existing(entity_id)
+            self.write([(old, None, graph)])
+
+    def replace(self, entity_id: str, new: Doc) -> None:
+        """PUT /entities/{id}: new content, same identity and createdAt."""
+        with self.lock:
+            old, graph = self._existing(entity_id)
+            new["createdAt"] = old.get("createdAt", new["createdAt"])
+            self.write([(old, new, graph)])
+
+    def modify(self, entity_id: str, change: Callable[[Doc], Any]) -> Any:
+        """Read, change a copy, write back; `change` returns the operation's result."""
+        with self.lock:
+            old, graph = self._existing(entity_id)
+            new = load_document(dump_document(old))
+            result = change(new)
+            if new != old:
+                self.write([(old, new, graph)])
+            return result
+
+    def _existing(self, entity_id: str) -> tuple[Doc, str]:
+        found = self.get_many([entity_id])
+        if entity_id not in found:
+            raise ResourceNotFound(f"entity {entity_id!r} not found")
+        return found[entity_id]
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def batch(
+        self,
+        items: Iterable[tuple[str | None, Doc | NgsiLdError]],
+        operation: Callable[[Doc, Doc | None], Doc | None],
+        graph: str = ns.DEFAULT_DATASET,
+    ) -> BatchResult:
+        """Apply `operation(incoming, existing) -> new document or None (delete)` per entity.
+
+        `items` carries each entity's id and either its parsed document or the error found
+        while reading it; errors of one entity never stop the others.
+        """
+        result = BatchResult()
+        with self.lock:
+            prepared = [(eid, item) for eid, item in items]
+            ids = [eid for eid, item in prepared if eid is not None]
+            existing = self.get_many(ids)
+            staged: dict[str, tuple[Doc | None, Doc | None, str]] = {}
+            for entity_id, item in prepared:
+                if isinstance(item, NgsiLdError):
+                    result.errors.append((entity_id, item))
+                    continue
+                assert entity_id is not None
+                if entity_id in staged:  # a later item in the same batch sees the earlier one
+                    before, current, target = staged[entity_id]
+                else:
+                    before, target = existing.get(entity_id, (None, graph))
+                    current = before
+                try:
+                    new = operation(item, current)
+                except NgsiLdError as error:
+                    result.errors.append((entity_id, error))
+                    continue
+                staged[entity_id] = (before, new, target)
+                result.success.append(entity_id)
+            self.write(list(staged.values()))
+        return result
+
+
+# -- attribute-level merge operations (used by the API's PATCH/POST handlers) ---------------
+
+
+def stamp(doc: Doc, now: str) -> None:
+    doc["modifiedAt"] = now
+
+
+def attribute_items(doc: Doc) -> Iterable[tuple[str, list[Doc]]]:
+    return ((k, v) for k, v in doc.items() if isinstance(v, list) and k not in ("type", "scope"))
+
+
+def upsert_instances(current: list[Doc], incoming: list[Doc], *, keep_created: bool) -> list[Doc]:
+    """Replace instances with the same datasetId, keep the others (clause 5.6.3)."""
+    merged = list(current)
+    for inst in incoming:
+        dataset = inst.get("datasetId")
+        for i, old in enumerate(merged):
+            if old.get("datasetId") == dataset:
+                if keep_created and "createdAt" in old:
+                    inst["createdAt"] = old["createdAt"]
+                merged[i] = inst
+                break
+        else:
+            merged.append(inst)
+    return merged
+
+
+def append_attributes(doc: Doc, attrs: Doc, *, overwrite: bool, now: str) -> UpdateResult:
+    """POST /entities/{id}/attrs and upsert with options=update."""
+    result = UpdateResult()
+    for name, instances in attrs.items():
+        current = doc.get(name)
+        if current is not None and not overwrite:
+            existing = {i.get("datasetId") for i in current}
+            fresh = [i for i in instances if i.get("datasetId") not in existing]
+            if not fresh:
+                result.not_updated.append((name, "attribute exists and noOverwrite is set"))
+                continue
+            instances = fresh
+        doc[name] = upsert_instances(current or [], instances, keep_created=True)
+        result.updated.append(name)
+    stamp(doc, now)
+    return result
+
+
+def update_attributes(doc: Doc, attrs: Doc, *, now: str) -> UpdateResult:
+    """PATCH /entities/{id}/attrs: only attributes (and datasetIds) that exist are updated."""
+    result = UpdateResult()
+    for name, instances in attrs.items():
+        current = doc.get(name)
+        if current is None:
+            result.not_updated.append((name, "attribute does not exist"))
+            continue
+        existing = {i.get("datasetId") for i in current}
+        known = [i for i in instances if i.get("datasetId") in existing]
+        if not known:
+            result.not_updated.append((name, "no instance with this datasetId"))
+            continue
+        doc[name] = upsert_instances(current, known, keep_created=True)
+        result.updated.append(name)
+    stamp(doc, now)
+    return result
+
+
+def merge_instance(old: Doc, patch: Doc) -> Doc | None:
+    """Merge-patch of one instance (clause 5.6.17): given members replace, null deletes."""
+    value_member = next((m for m in patch if m not in ("type",) and m not in SYSTEM_MEMBERS), None)
+    if value_member is not None and patch.get(value_member) == NULL_URI and len(patch) <= 4:
+        return None
+    merged = dict(old)
+    if patch.get("type") and patch["type"] != old.get("type"):
+        merged = {k: v for k, v in merged.items() if k not in _value_members()}
+    for key, value in patch.items():
+        if key == "createdAt":
+            continue
+        if isinstance(value, list) and key not in ("type",) and ":" in key:
+            sub = merged.get(key)
+            merged[key] = merge_attribute(sub, value) if sub else value
+            if not merged[key]:
+                del merged[key]
+        elif value == NULL_URI:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def merge_attribute(current: list[Doc], patch: list[Doc]) -> list[Doc]:
+    out = list(current)
+    for inst in patch:
+        for i, old in enumerate(out):
+            if old.get("datasetId") == inst.get("datasetId"):
+                merged = merge_instance(old, inst)
+                if merged is None:
+                    out.pop(i)
+                else:
+                    out[i] = merged
+                break
+        else:
+            if not _is_null(inst):
+                out.append(inst)
+    return out
+
+
+def merge_entity(doc: Doc, patch: Doc, *, now: str) -> None:
+    """PATCH /entities/{id} and batch merge: merge-patch semantics over attributes."""
+    for name, instances in patch.items():
+        if name in ("id", "type", "scope", "createdAt", "modifiedAt"):
+            continue
+        current = doc.get(name)
+        merged = merge_attribute(current, instances) if current else [
+            i for i in instances if not _is_null(i)
+        ]
+        if merged:
+            doc[name] = merged
+        else:
+            doc.pop(name, None)
+    if "type" in patch:
+        doc["type"] = list(dict.fromkeys(doc["type"] + patch["type"]))
+    if "scope" in patch:
+        doc["scope"] = patch["scope"]
+    stamp(doc, now)
+
+
+def _is_null(inst: Doc) -> bool:
+    return any(inst.get(m) == NULL_URI for m in _value_members())
+
+
+def _value_members() -> tuple[str, ...]:
+    return ("value", "object", "objectList", "languageMap", "vocab", "json", "valueList")
+
+
+def delete_attribute(doc: Doc, name: str, *, dataset_id: str | None, delete_all: bool) -> None:
+    """DELETE /entities/{id}/attrs/{attr} (clause 5.6.5)."""
+    current = doc.get(name)
+    if not isinstance(current, list) or name in ("type", "scope"):
+        raise ResourceNotFound(f"attribute {name!r} not found")
+    if delete_all:
+        del doc[name]
+        return
+    kept = [i for i in current if i.get("datasetId") != dataset_id]
+    if len(kept) == len(current):
+        which = f"with datasetId {dataset_id!r}" if dataset_id else "without datasetId (default)"
+        raise ResourceNotFound(f"attribute {name!r} has no instance {which}")
+    if kept:
+        doc[name] = kept
+    else:
+        del doc[name]
+
+
+def partial_update(doc: Doc, name: str, patch: list[Doc], *, now: str) -> None:
+    """PATCH /entities/{id}/attrs/{attr}: merge the given members into the existing instance."""
+    current = doc.get(name)
+    if not isinstance(current, list):
+        raise ResourceNotFound(f"attribute {name!r} not found")
+    for inst in patch:
+        target = next((o for o in current if o.get("datasetId") == inst.get("datasetId")), None)
+        if target is None:
+            raise ResourceNotFound(
+                f"attribute {name!r} has no instance with datasetId {inst.get('datasetId')!r}"
+            )
+        if inst.get("type") and inst["type"] != target.get("type"):
+            raise BadRequestData(
+                f"attribute {name!r} is a {target.get('type')}, not a {inst['type']}"
+            )
+    doc[name] = merge_attribute(current, patch)
+    for inst in doc[name]:
+        inst["modifiedAt"] = now
+    stamp(doc, now)
+
+
+# -- spatial index bookkeeping ----------------------------------------------------------------
+
+
+def _geo_items(doc: Doc) -> Iterable[tuple[tuple[str, str, str], Any]]:
+    from twin.rdf import geometry_node
+
+    for name, instances in attribute_items(doc):
+        for inst in instances:
+            if inst.get("type") == "GeoProperty":
+                node = geometry_node(doc["id"], name, inst.get("datasetId")).value
+                yield (doc["id"], name, node), parse_geometry(inst["value"])
+
+
+def _geo_keys(doc: Doc) -> Iterable[tuple[str, str, str]]:
+    return (key for key, _ in _geo_items(doc))
+
+
+def _from_wkt(text: str) -> Any:
+    import shapely
+
+    if text.startswith("<"):
+        text = text.split(">", 1)[1]
+    return shapely.from_wkt(text.strip())
+

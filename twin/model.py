@@ -1,0 +1,433 @@
+"""NGSI-LD entities in and out: validation into the canonical document, rendering back out.
+
+Input may be normalized or concise (ETSI GS CIM 009 v1.8 clause 4.5); everything is checked
+before anything is stored, so a bad attribute rejects the whole entity. The canonical form is
+described in ontology/README.md.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from twin.errors import BadRequestData
+from twin.geo import parse_geometry
+from twin.terms import Terms
+
+ATTRIBUTE_TYPES = frozenset(
+    {
+        "Property",
+        "Relationship",
+        "GeoProperty",
+        "LanguageProperty",
+        "VocabProperty",
+        "JsonProperty",
+        "ListProperty",
+        "ListRelationship",
+    }
+)
+# The member that carries each attribute type's value, used to infer types in concise input.
+VALUE_MEMBER = {
+    "Property": "value",
+    "GeoProperty": "value",
+    "Relationship": "object",
+    "ListRelationship": "objectList",
+    "LanguageProperty": "languageMap",
+    "VocabProperty": "vocab",
+    "JsonProperty": "json",
+    "ListProperty": "valueList",
+}
+_INFER_ORDER = ("object", "objectList", "languageMap", "vocab", "json", "valueList", "value")
+_MEMBER_TYPE = {member: t for t, member in VALUE_MEMBER.items() if t != "GeoProperty"}
+GEOJSON_TYPES = frozenset(
+    {
+        "Point",
+        "MultiPoint",
+        "LineString",
+        "MultiLineString",
+        "Polygon",
+        "MultiPolygon",
+        "GeometryCollection",
+    }
+)
+GEO_ATTRIBUTES = frozenset({"location", "observationSpace", "operationSpace"})
+SYSTEM_MEMBERS = frozenset({"createdAt", "modifiedAt", "deletedAt", "instanceId"})
+INSTANCE_MEMBERS = frozenset(
+    {"type", "observedAt", "unitCode", "datasetId", "objectType", "lang", *VALUE_MEMBER.values()}
+) | SYSTEM_MEMBERS
+ENTITY_MEMBERS = frozenset({"id", "type", "scope", "@context"}) | SYSTEM_MEMBERS
+NULL_URI = "urn:ngsi-ld:null"
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]+$")
+_NAME_FORBIDDEN = re.compile(r"[\s<>\"'=;()]")
+_DATETIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def is_uri(value: object) -> bool:
+    return isinstance(value, str) and len(value) < 2048 and bool(_URI.match(value))
+
+
+def check_uri(value: object, what: str) -> str:
+    if not is_uri(value):
+        raise BadRequestData(f"{what} must be a URI (e.g. urn:ngsi-ld:Type:1), got {value!r}")
+    assert isinstance(value, str)
+    return value
+
+
+def check_datetime(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _DATETIME.match(value):
+        raise BadRequestData(f"{what} must be an ISO 8601 date-time, got {value!r}")
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequestData(f"{what} is not a valid date-time: {value!r} ({exc})") from None
+    return value
+
+
+def check_name(name: object, what: str = "attribute name") -> str:
+    if not isinstance(name, str) or not name or _NAME_FORBIDDEN.search(name):
+        raise BadRequestData(f"invalid {what} {name!r}: no spaces or any of <>\"'=;()")
+    return name
+
+
+class EntityReader:
+    """Turns request bodies into canonical documents with one resolved @context."""
+
+    def __init__(self, terms: Terms, *, now: str | None = None) -> None:
+        self.terms = terms
+        self.now = now or now_iso()
+
+    # -- entities -----------------------------------------------------------------------
+
+    def entity(self, body: object, *, entity_id: str | None = None) -> dict[str, Any]:
+        """A full entity (create, replace, upsert). `entity_id` comes from the URL if any."""
+        if not isinstance(body, dict):
+            raise BadRequestData("an entity must be a JSON object")
+        if entity_id is not None and "id" in body and body["id"] != entity_id:
+            raise BadRequestData(f"entity id {body['id']!r} does not match the URL ({entity_id!r})")
+        eid = check_uri(body.get("id", entity_id), "entity id")
+        doc: dict[str, Any] = {"id": eid, "type": self.types(body.get("type"))}
+        if "scope" in body:
+            doc["scope"] = self.scope(body["scope"])
+        doc.update(self.attributes(body, allow_null=False))
+        doc["createdAt"] = doc["modifiedAt"] = self.now
+        return doc
+
+    def types(self, value: object) -> list[str]:
+        items = value if isinstance(value, list) else [value]
+        if not items or value is None:
+            raise BadRequestData("entity type is required (a string or a list of strings)")
+        out: list[str] = []
+        for item in items:
+            check_name(item, "entity type")
+            assert isinstance(item, str)
+            expanded = self.terms.expand(item)
+            if expanded not in out:
+                out.append(expanded)
+        return out
+
+    @staticmethod
+    def scope(value: object) -> list[str]:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if not isinstance(item, str) or not re.match(r"^/?[^\s/]+(/[^\s/]+)*$|^/$", item):
+                raise BadRequestData(f"scope must be a path like /City/District, got {item!r}")
+        return list(items)
+
+    def attributes(self, body: dict[str, Any], *, allow_null: bool) -> dict[str, list[Any]]:
+        """The attributes of a body (entity or attribute fragment), expanded and validated."""
+        out: dict[str, list[Any]] = {}
+        for name, raw in body.items():
+            if name in ENTITY_MEMBERS:
+                continue
+            check_name(name)
+            iri = self.terms.expand(name)
+            out[iri] = self.instances(name, raw, allow_null=allow_null)
+        return out
+
+    def instances(self, name: str, raw: object, *, allow_null: bool) -> list[Any]:
+        """One attribute: a single instance or an array of datasetId instances."""
+        if isinstance(raw, list) and raw and all(_looks_like_instance(x) for x in raw):
+            result = [self.instance(name, x, allow_null=allow_null) for x in raw]
+            seen: set[str | None] = set()
+            for inst in result:
+                if inst.get("datasetId") in seen:
+                    raise BadRequestData(
+                        f"attribute {name!r} has two instances with datasetId "
+                        f"{inst.get('datasetId')!r}"
+                    )
+                seen.add(inst.get("datasetId"))
+            return result
+        return [self.instance(name, raw, allow_null=allow_null)]
+
+    def instance(self, name: str, raw: object, *, allow_null: bool) -> dict[str, Any]:
+        inst = self._infer(name, raw, allow_null=allow_null)
+        kind = inst["type"]
+        member = VALUE_MEMBER[kind]
+        if member not in inst:
+            raise BadRequestData(f"attribute {name!r} of type {kind} needs a {member!r} member")
+        out: dict[str, Any] = {"type": kind}
+        value = inst[member]
+        if allow_null and (value == NULL_URI or value is None):
+            out[member] = NULL_URI
+        else:
+            out[member] = self._value(name, kind, value)
+        for key, sub in inst.items():
+            if key in ("type", member) or key in SYSTEM_MEMBERS:
+                continue
+            if key == "observedAt":
+                out[key] = check_datetime(sub, f"{name}.observedAt")
+            elif key == "datasetId":
+                out[key] = check_uri(sub, f"{name}.datasetId")
+            elif key == "unitCode":
+                if not isinstance(sub, str) or not sub:
+                    raise BadRequestData(f"{name}.unitCode must be a non-empty string")
+                out[key] = sub
+            elif key == "objectType" and kind in ("Relationship", "ListRelationship"):
+                out[key] = self.types(sub)
+            elif key == "lang" and kind == "Property":
+                out[key] = sub
+            elif key in INSTANCE_MEMBERS:
+                raise BadRequestData(f"member {key!r} is not allowed in a {kind} ({name!r})")
+            else:
+                check_name(key, "sub-attribute name")
+                out[self.terms.expand(key)] = self.instances(key, sub, allow_null=allow_null)
+        out["createdAt"] = out["modifiedAt"] = self.now
+        return out
+
+    def _infer(self, name: str, raw: object, *, allow_null: bool) -> dict[str, Any]:
+        """Normalized instances pass through; concise ones get their type (clause 4.5.2)."""
+        if isinstance(raw, dict):
+            kind = raw.get("type")
+            if kind in ATTRIBUTE_TYPES:
+                return raw
+            if kind in GEOJSON_TYPES and "coordinates" in raw or kind == "GeometryCollection":
+                return {"type": "GeoProperty", "value": raw}
+            if isinstance(kind, str) and kind not in GEOJSON_TYPES and "value" in raw:
+                raise BadRequestData(
+                    f"attribute {name!r} has unknown type {kind!r}; expected one of "
+                    + ", ".join(sorted(ATTRIBUTE_TYPES))
+                )
+            for member in _INFER_ORDER:
+                if member in raw:
+                    kind = _MEMBER_TYPE[member]
+                    if member == "value" and name in GEO_ATTRIBUTES and _is_geojson(raw["value"]):
+                        kind = "GeoProperty"
+                    return {**raw, "type": kind}
+            if "type" in raw:
+                raise BadRequestData(f"attribute {name!r} has an invalid type {kind!r}")
+        if raw is None and not allow_null:
+            raise BadRequestData(f"attribute {name!r} has no value (null)")
+        if raw is None or raw == NULL_URI:
+            return {"type": "Property", "value": raw}
+        return {"type": "Property", "value": raw}
+
+    def _value(self, name: str, kind: str, value: Any) -> Any:
+        if kind == "Property":
+            if value is None:
+                raise BadRequestData(f"attribute {name!r}: value must not be null")
+            if isinstance(value, dict) and value.get("@type") in ("DateTime", "Date", "Time"):
+                if not isinstance(value.get("@value"), str):
+                    raise BadRequestData(f"attribute {name!r}: @value must be a string")
+                if value["@type"] == "DateTime":
+                    check_datetime(value["@value"], name)
+            return value
+        if kind == "GeoProperty":
+            parse_geometry(value, what=f"GeoProperty {name!r}")
+            return value
+        if kind == "Relationship":
+            if isinstance(value, list):
+                return [check_uri(v, f"object of {name!r}") for v in value]
+            return check_uri(value, f"object of Relationship {name!r}")
+        if kind == "ListRelationship":
+            if not isinstance(value, list):
+                raise BadRequestData(f"objectList of {name!r} must be an array")
+            return [
+                {"object": check_uri(v.get("object"), f"objectList item of {name!r}")}
+                if isinstance(v, dict)
+                else check_uri(v, f"objectList item of {name!r}")
+                for v in value
+            ]
+        if kind == "LanguageProperty":
+            if not isinstance(value, dict) or not value:
+                raise BadRequestData(f"languageMap of {name!r} must be an object of lang: string")
+            for lang, text in value.items():
+                if not re.match(r"^([A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*|@none)$", lang):
+                    raise BadRequestData(f"languageMap of {name!r}: invalid language tag {lang!r}")
+                texts = text if isinstance(text, list) else [text]
+                if not all(isinstance(t, str) for t in texts):
+                    raise BadRequestData(f"languageMap of {name!r}: values must be strings")
+            return value
+        if kind == "VocabProperty":
+            items = value if isinstance(value, list) else [value]
+            if not items or not all(isinstance(v, str) and v for v in items):
+                raise BadRequestData(f"vocab of {name!r} must be a string or list of strings")
+            expanded = [self.terms.expand_vocab(v) for v in items]
+            return expanded if isinstance(value, list) else expanded[0]
+        if kind == "ListProperty":
+            if not isinstance(value, list):
+                raise BadRequestData(f"valueList of {name!r} must be an array")
+            return value
+        return value  # JsonProperty: any JSON
+
+
+def _is_geojson(value: object) -> bool:
+    return isinstance(value, dict) and value.get("type") in GEOJSON_TYPES
+
+
+def _looks_like_instance(item: object) -> bool:
+    return isinstance(item, dict) and (
+        item.get("type") in ATTRIBUTE_TYPES or any(m in item for m in _INFER_ORDER)
+    )
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+class EntityWriter:
+    """Renders canonical documents in the representation a request asked for (clause 4.5)."""
+
+    def __init__(
+        self,
+        terms: Terms,
+        *,
+        form: str = "normalized",
+        sys_attrs: bool = False,
+        lang: str | None = None,
+    ) -> None:
+        self.terms = terms
+        self.form = form
+        self.sys_attrs = sys_attrs
+        self.lang = lang
+
+    def entity(
+        self,
+        doc: dict[str, Any],
+        *,
+        attrs: set[str] | None = None,
+        pick: set[str] | None = None,
+        omit: set[str] | None = None,
+    ) -> dict[str, Any]:
+        """`attrs`, `pick`, `omit` hold expanded IRIs, or `id`/`type` for the core members."""
+        out: dict[str, Any] = {}
+        if _kept("id", pick, omit):
+            out["id"] = doc["id"]
+        if _kept("type", pick, omit):
+            types = [self.terms.compact(t) for t in doc["type"]]
+            out["type"] = types[0] if len(types) == 1 else types
+        if "scope" in doc and _kept("scope", pick, omit):
+            scope = doc["scope"]
+            out["scope"] = scope[0] if len(scope) == 1 else scope
+        if self.sys_attrs and self.form != "keyValues":
+            out["createdAt"] = doc.get("createdAt")
+            out["modifiedAt"] = doc.get("modifiedAt")
+        for iri, instances in doc.items():
+            if iri in ENTITY_MEMBERS or not isinstance(instances, list):
+                continue
+            if attrs is not None and iri not in attrs:
+                continue
+            if not _kept(iri, pick, omit):
+                continue
+            out[self.terms.compact(iri)] = self.attribute(instances)
+        return out
+
+    def attribute(self, instances: list[dict[str, Any]]) -> Any:
+        if self.form == "keyValues":
+            default = next((i for i in instances if "datasetId" not in i), instances[0])
+            return self.simple_value(default)
+        rendered = [self.instance(i) for i in instances]
+        return rendered[0] if len(rendered) == 1 else rendered
+
+    def simple_value(self, inst: dict[str, Any]) -> Any:
+        kind = inst["type"]
+        value = inst.get(VALUE_MEMBER[kind])
+        if kind == "LanguageProperty":
+            return self._pick_language(value) if self.lang else value
+        if kind == "VocabProperty":
+            return self._compact_vocab(value)
+        if kind == "ListRelationship":
+            return [v["object"] if isinstance(v, dict) else v for v in value]
+        return value
+
+    def instance(self, inst: dict[str, Any]) -> Any:
+        kind = inst["type"]
+        member = VALUE_MEMBER[kind]
+        out: dict[str, Any] = {}
+        if kind == "LanguageProperty" and self.lang:
+            out = {"type": "Property", "value": self._pick_language(inst[member])}
+            out["lang"] = self._chosen_language(inst[member])
+        else:
+            out["type"] = kind
+            out[member] = (
+                self._compact_vocab(inst[member]) if kind == "VocabProperty" else inst[member]
+            )
+        for key, sub in inst.items():
+            if key in ("type", member):
+                continue
+            if key in SYSTEM_MEMBERS:
+                if self.sys_attrs:
+                    out[key] = sub
+            elif key == "objectType":
+                out[key] = [self.terms.compact(t) for t in sub]
+                if len(out[key]) == 1:
+                    out[key] = out[key][0]
+            elif key in INSTANCE_MEMBERS:
+                out[key] = sub
+            else:
+                out[self.terms.compact(key)] = self.attribute(sub)
+        if self.form == "concise":
+            return _concise(out)
+        return out
+
+    def _compact_vocab(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.terms.compact_vocab(v) for v in value]
+        return self.terms.compact_vocab(value)
+
+    def _chosen_language(self, language_map: dict[str, Any]) -> str:
+        assert self.lang is not None
+        wanted = [x.split(";")[0].strip() for x in self.lang.split(",")]
+        for tag in wanted:
+            if tag == "*" and language_map:
+                return next(iter(language_map))
+            if tag in language_map:
+                return tag
+            for key in language_map:  # "en" matches "en-GB"
+                if key.split("-")[0] == tag.split("-")[0]:
+                    return key
+        return "@none" if "@none" in language_map else next(iter(language_map))
+
+    def _pick_language(self, language_map: dict[str, Any]) -> Any:
+        return language_map[self._chosen_language(language_map)]
+
+
+def _concise(inst: dict[str, Any]) -> Any:
+    """Drop what the type makes implicit (clause 4.5.2.2): the type, and `value` if alone."""
+    kind = inst.pop("type")
+    if kind == "GeoProperty" and len(inst) == 1:
+        return inst["value"]
+    if kind == "Property" and list(inst) == ["value"] and not _ambiguous(inst["value"]):
+        return inst["value"]
+    return inst
+
+
+def _ambiguous(value: Any) -> bool:
+    """A bare value that a reader would take for something else must keep its `value` member."""
+    if isinstance(value, dict):
+        return "type" in value or any(m in value for m in _INFER_ORDER)
+    if isinstance(value, list):
+        return any(_looks_like_instance(v) for v in value)
+    return False
+
+
+def _kept(key: str, pick: set[str] | None, omit: set[str] | None) -> bool:
+    if pick is not None and key not in pick:
+        return False
+    return not (omit is not None and key in omit)

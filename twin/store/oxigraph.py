@@ -1,0 +1,113 @@
+"""The embedded default backend: pyoxigraph, on disk (RocksDB) or in memory.
+
+Each tenant is its own pyoxigraph Store (its own directory on disk), so a query can never see
+another tenant's graphs. pyoxigraph releases the GIL during store calls, so reads from the
+API's thread pool run in parallel; writes of one tenant are serialised by the entity service.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from pyoxigraph import Literal, NamedNode, Quad, QuerySolutions, Store, Term
+
+from twin.errors import NonexistentTenant
+from twin.rdf import ENTITIES_GRAPH, URBIS_DATASET, URBIS_DOCUMENT
+from twin.store.base import DEFAULT_TENANT, StoreBackend, TenantStore, check_tenant
+
+DEFAULT_DIR = "_default"
+
+
+class OxigraphTenant(TenantStore):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def documents(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        for entity_id in ids:
+            subject = NamedNode(entity_id)
+            text = graph = None
+            for quad in self.store.quads_for_pattern(subject, None, None, ENTITIES_GRAPH):
+                if quad.predicate == URBIS_DOCUMENT:
+                    text = quad.object.value
+                elif quad.predicate == URBIS_DATASET:
+                    graph = quad.object.value
+            if text is not None and graph is not None:
+                found[entity_id] = (text, graph)
+        return found
+
+    def apply(self, remove: Iterable[Quad], add: Iterable[Quad]) -> None:
+        removed = list(remove)
+        added = list(add)
+        if not removed:
+            self.store.extend(added)  # transactional
+            return
+        # One SPARQL update is one transaction: the delete and the insert land together.
+        self.store.update(f"DELETE DATA {{ {_quads_text(removed)} }} ; INSERT DATA {{ {_quads_text(added)} }}")
+
+    def select(self, query: str) -> Iterator[Sequence[Term | None]]:
+        result = self.store.query(query, use_default_graph_as_union=True)
+        assert isinstance(result, QuerySolutions)
+        width = len(result.variables)
+        for solution in result:
+            yield [solution[i] for i in range(width)]
+
+    def count(self, query: str) -> int:
+        for row in self.select(query):
+            value = row[0]
+            return int(value.value) if isinstance(value, Literal) else 0
+        return 0
+
+    def close(self) -> None:
+        self.store.flush() if hasattr(self.store, "flush") else None
+
+
+def _quads_text(quads: list[Quad]) -> str:
+    return " . ".join(f"GRAPH {q.graph_name} {{ {q.subject} {q.predicate} {q.object} }}" for q in quads)
+
+
+class OxigraphBackend(StoreBackend):
+    """Tenants in memory (`data_dir=None`) or under `data_dir/tenants/<name>`."""
+
+    name = "oxigraph"
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self._tenants: dict[str, OxigraphTenant] = {}
+        self._lock = threading.Lock()
+        if data_dir is not None:
+            (data_dir / "tenants").mkdir(parents=True, exist_ok=True)
+        self.tenant(DEFAULT_TENANT, create=True)
+
+    def _path(self, name: str) -> Path | None:
+        if self.data_dir is None:
+            return None
+        return self.data_dir / "tenants" / (name or DEFAULT_DIR)
+
+    def tenant(self, name: str, *, create: bool) -> TenantStore:
+        check_tenant(name)
+        with self._lock:
+            found = self._tenants.get(name)
+            if found is not None:
+                return found
+            path = self._path(name)
+            if not create and (path is None or not path.exists()):
+                raise NonexistentTenant(f"tenant {name!r} does not exist; a write creates it")
+            store = Store(str(path)) if path is not None else Store()
+            self._tenants[name] = OxigraphTenant(store)
+            return self._tenants[name]
+
+    def tenants(self) -> list[str]:
+        names = set(self._tenants)
+        if self.data_dir is not None:
+            names |= {p.name for p in (self.data_dir / "tenants").iterdir() if p.is_dir()}
+            names = {"" if n == DEFAULT_DIR else n for n in names}
+        return sorted(names)
+
+    def close(self) -> None:
+        with self._lock:
+            for tenant in self._tenants.values():
+                tenant.close()
+            self._tenants.clear()
