@@ -13,7 +13,8 @@ import typer
 app = typer.Typer(help="Urbis: an open digital-twin data space for cities.", no_args_is_help=True)
 
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="On-disk twin directory (default: URBIS_DATA_DIR).")
+    Path | None,
+    typer.Option("--data-dir", help="On-disk twin directory (default: URBIS_DATA_DIR)."),
 ]
 
 
@@ -26,7 +27,9 @@ def serve(
     open_access: Annotated[
         bool, typer.Option("--open", help="Anonymous full access: local development only.")
     ] = False,
-    demo: Annotated[bool, typer.Option("--demo", help="Start on a generated, living demo city.")] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Start on a generated, living demo city.")
+    ] = False,
 ) -> None:
     """Run the NGSI-LD API server."""
     import uvicorn
@@ -64,7 +67,7 @@ def serve(
 
 
 def _entities(path: Path) -> Iterator[Any]:
-    """Entities of a JSON array file, streamed item by item when ijson-like parsing is not needed."""
+    """The entities of a JSON file holding one entity or an array of them."""
     import orjson
 
     data = orjson.loads(path.read_bytes())
@@ -92,7 +95,7 @@ def load(
     from twin.rdf import dataset_graph
     from twin.store.base import DEFAULT_TENANT
 
-    settings = Settings(**({"data_dir": data_dir} if data_dir else {}), open=True)
+    settings = Settings(open=True) if data_dir is None else Settings(data_dir=data_dir, open=True)
     if settings.data_dir is None:
         typer.secho("load needs --data-dir (or URBIS_DATA_DIR)", fg="red", err=True)
         raise typer.Exit(2)
@@ -146,7 +149,7 @@ def sparql(
     from api.settings import Settings
     from twin.store.oxigraph import DEFAULT_DIR
 
-    settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
+    settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
     if settings.data_dir is None:
         typer.secho("sparql needs --data-dir (or URBIS_DATA_DIR)", fg="red", err=True)
         raise typer.Exit(2)

@@ -6,11 +6,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api.responses import json_response
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from twin.errors import ERROR_BASE, InternalError, NgsiLdError
 
 log = logging.getLogger("urbis")

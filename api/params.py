@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import QueryParams
+from twin.query.qlang import expand_q, parse_q
 
 from api.settings import Settings
 from twin.entities import EntityQuery
 from twin.errors import BadRequestData, TooManyResults
 from twin.geo import parse_geoq
-from twin.query.qlang import expand_q, parse_q
 from twin.query.typeexpr import parse_types
 from twin.terms import Terms
 
@@ -134,7 +134,8 @@ def entity_query(source: dict[str, Any], terms: Terms, settings: Settings) -> En
     if source.get("scopeQ") is not None:
         query.scope = [s.strip() for s in str(source["scopeQ"]).split(",") if s.strip()]
     if not any(
-        x is not None for x in (query.ids, query.id_pattern, query.types, query.attrs, query.q, query.geo)
+        x is not None
+        for x in (query.ids, query.id_pattern, query.types, query.attrs, query.q, query.geo)
     ) and not source.get("local"):
         raise BadRequestData(
             "a query needs at least one of: id, idPattern, type, attrs, q, geoQ (clause 5.7.2)"

@@ -15,6 +15,4 @@ def json_response(
     media_type: str = "application/json",
     headers: dict[str, str] | None = None,
 ) -> Response:
-    return Response(
-        orjson.dumps(body), status_code=status, media_type=media_type, headers=headers
-    )
+    return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)

@@ -41,18 +41,18 @@ def types(service: EntityService, only: str | None = None) -> dict[str, TypeInfo
         f"SELECT ?t (COUNT(DISTINCT ?e) AS ?n) WHERE {{ {bind} ?e a ?t . {_DOC} }} GROUP BY ?t"
     ):
         if t is not None and n is not None:
-            found[t.value] = TypeInfo(t.value, int(n.value))
+            found[t] = TypeInfo(t, int(n))
     rows = service.store.select(
         f"SELECT ?t ?p (COUNT(DISTINCT ?e) AS ?n) (SAMPLE(?e) AS ?ex) WHERE {{ {bind} "
         f"?e a ?t . {_DOC} ?e ?p ?o . FILTER(?p NOT IN ({_NOT_ATTRS})) }} GROUP BY ?t ?p"
     )
     samples: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for t, p, n, ex in rows:
-        if t is None or p is None or n is None or ex is None or t.value not in found:
+        if t is None or p is None or n is None or ex is None or t not in found:
             continue
-        info = AttributeInfo(p.value, int(n.value), type_names={t.value})
-        found[t.value].attributes[p.value] = info
-        samples[ex.value].append((t.value, p.value))
+        info = AttributeInfo(p, int(n), type_names={t})
+        found[t].attributes[p] = info
+        samples[ex].append((t, p))
     docs = service.get_many(list(samples))
     for entity_id, pairs in samples.items():
         if entity_id not in docs:
@@ -74,9 +74,9 @@ def attributes(service: EntityService, only: str | None = None) -> dict[str, Att
         f"FILTER(?p NOT IN ({_NOT_ATTRS})) }} GROUP BY ?p"
     ):
         if p is not None and n is not None:
-            counts[p.value] = int(n.value)
-    for info in types(service).values():
-        for attr in info.attributes.values():
+            counts[p] = int(n)
+    for type_info in types(service).values():
+        for attr in type_info.attributes.values():
             if only is not None and attr.iri != only:
                 continue
             target = merged.setdefault(attr.iri, AttributeInfo(attr.iri))

@@ -104,12 +104,12 @@ class EntityService:
                 return QueryResult([], total)
             page = f"SELECT DISTINCT ?e WHERE {{ {body} }} ORDER BY ?e"
             page += f" LIMIT {query.limit} OFFSET {query.offset}"
-            ids = [row[0].value for row in self.store.select(page) if row[0] is not None]
+            ids = [row[0] for row in self.store.select(page) if row[0] is not None]
             docs = self.get_many(ids)
             return QueryResult([docs[i][0] for i in ids if i in docs], total)
         # Inexact: the store narrows the candidates, the evaluator decides.
         scan = f"SELECT DISTINCT ?e WHERE {{ {body} }} ORDER BY ?e LIMIT {self.max_scan + 1}"
-        candidates = [row[0].value for row in self.store.select(scan) if row[0] is not None]
+        candidates = [row[0] for row in self.store.select(scan) if row[0] is not None]
         if len(candidates) > self.max_scan:
             from twin.errors import TooComplexQuery
 
@@ -142,7 +142,9 @@ class EntityService:
                 where.append("?e a ?anyType .")
                 filters.append(type_filter(query.types))
         else:
-            where.append(f"GRAPH {iri(ns.ENTITIES_GRAPH)} {{ ?e {iri(ns.URBIS + 'document')} ?doc }}")
+            where.append(
+                f"GRAPH {iri(ns.ENTITIES_GRAPH)} {{ ?e {iri(ns.URBIS + 'document')} ?doc }}"
+            )
         if query.id_pattern is not None:
             filters.append(f"REGEX(STR(?e), {string(query.id_pattern)})")
         if query.attrs:
@@ -168,7 +170,11 @@ class EntityService:
 
     def _geo_hits(self, query: GeoQuery) -> set[str]:
         """Entities whose `geoproperty` matches, from the spatial index (never a scan)."""
-        return {key[0] for key in self.index.query(query) if key[1] == query.geoproperty}
+        hits: set[str] = set()
+        for key in self.index.query(query):
+            if isinstance(key, tuple) and key[1] == query.geoproperty:
+                hits.add(key[0])
+        return hits
 
     def _load_index(self) -> None:
         rows = self.store.select(
@@ -178,7 +184,7 @@ class EntityService:
         for entity, attr, geom_node, wkt in rows:
             if entity is None or attr is None or geom_node is None or wkt is None:
                 continue
-            self.index.add((entity.value, attr.value, geom_node.value), _from_wkt(wkt.value))
+            self.index.add((entity, attr, geom_node), _from_wkt(wkt))
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -388,9 +394,11 @@ def merge_entity(doc: Doc, patch: Doc, *, now: str) -> None:
         if name in ("id", "type", "scope", "createdAt", "modifiedAt"):
             continue
         current = doc.get(name)
-        merged = merge_attribute(current, instances) if current else [
-            i for i in instances if not _is_null(i)
-        ]
+        merged = (
+            merge_attribute(current, instances)
+            if current
+            else [i for i in instances if not _is_null(i)]
+        )
         if merged:
             doc[name] = merged
         else:
@@ -472,4 +480,3 @@ def _from_wkt(text: str) -> Any:
     if text.startswith("<"):
         text = text.split(">", 1)[1]
     return shapely.from_wkt(text.strip())
-

@@ -53,17 +53,26 @@ GEOJSON_TYPES = frozenset(
 )
 GEO_ATTRIBUTES = frozenset({"location", "observationSpace", "operationSpace"})
 SYSTEM_MEMBERS = frozenset({"createdAt", "modifiedAt", "deletedAt", "instanceId"})
-INSTANCE_MEMBERS = frozenset(
-    {"type", "observedAt", "unitCode", "datasetId", "objectType", "lang", *VALUE_MEMBER.values()}
-) | SYSTEM_MEMBERS
+INSTANCE_MEMBERS = (
+    frozenset(
+        {
+            "type",
+            "observedAt",
+            "unitCode",
+            "datasetId",
+            "objectType",
+            "lang",
+            *VALUE_MEMBER.values(),
+        }
+    )
+    | SYSTEM_MEMBERS
+)
 ENTITY_MEMBERS = frozenset({"id", "type", "scope", "@context"}) | SYSTEM_MEMBERS
 NULL_URI = "urn:ngsi-ld:null"
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]+$")
 _NAME_FORBIDDEN = re.compile(r"[\s<>\"'=;()]")
-_DATETIME = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$"
-)
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$")
 
 
 def now_iso() -> str:
@@ -208,7 +217,7 @@ class EntityReader:
             kind = raw.get("type")
             if kind in ATTRIBUTE_TYPES:
                 return raw
-            if kind in GEOJSON_TYPES and "coordinates" in raw or kind == "GeometryCollection":
+            if (kind in GEOJSON_TYPES and "coordinates" in raw) or kind == "GeometryCollection":
                 return {"type": "GeoProperty", "value": raw}
             if isinstance(kind, str) and kind not in GEOJSON_TYPES and "value" in raw:
                 raise BadRequestData(
@@ -349,11 +358,11 @@ class EntityWriter:
         kind = inst["type"]
         value = inst.get(VALUE_MEMBER[kind])
         if kind == "LanguageProperty":
-            return self._pick_language(value) if self.lang else value
+            return self._pick_language(value) if self.lang and isinstance(value, dict) else value
         if kind == "VocabProperty":
             return self._compact_vocab(value)
         if kind == "ListRelationship":
-            return [v["object"] if isinstance(v, dict) else v for v in value]
+            return [v["object"] if isinstance(v, dict) else v for v in value or []]
         return value
 
     def instance(self, inst: dict[str, Any]) -> Any:

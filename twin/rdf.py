@@ -92,7 +92,9 @@ def instance_objects(
     predicate = NamedNode(attr)
     kind = instance.get("type")
     if kind == "Relationship" or kind == "ListRelationship":
-        objects = instance.get("objectList") if kind == "ListRelationship" else instance.get("object")
+        objects = (
+            instance.get("objectList") if kind == "ListRelationship" else instance.get("object")
+        )
         targets = objects if isinstance(objects, list) else [objects]
         for target in targets:
             if isinstance(target, dict):  # ListRelationship items may be {"object": iri}
@@ -147,7 +149,9 @@ def document_quads(doc: dict[str, Any], graph: str) -> list[Quad]:
     """The canonical document and the dataset the entity belongs to."""
     subject = NamedNode(doc["id"])
     return [
-        Quad(subject, URBIS_DOCUMENT, Literal(dump_document(doc), datatype=RDF_JSON), ENTITIES_GRAPH),
+        Quad(
+            subject, URBIS_DOCUMENT, Literal(dump_document(doc), datatype=RDF_JSON), ENTITIES_GRAPH
+        ),
         Quad(subject, URBIS_DATASET, NamedNode(graph), ENTITIES_GRAPH),
     ]
 

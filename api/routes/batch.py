@@ -125,7 +125,9 @@ async def batch_upsert(request: Request, state: StateDep, service: ServiceDep) -
         if "update" in opts:  # FIWARE IoT agents: add or overwrite the attributes sent
             doc = dict(existing)
             doc["type"] = list(dict.fromkeys(existing["type"] + new["type"]))
-            attrs = {k: v for k, v in new.items() if isinstance(v, list) and k not in ("type", "scope")}
+            attrs = {
+                k: v for k, v in new.items() if isinstance(v, list) and k not in ("type", "scope")
+            }
             append_attributes(doc, attrs, overwrite=True, now=new["modifiedAt"])
             return doc
         new["createdAt"] = existing.get("createdAt", new["createdAt"])

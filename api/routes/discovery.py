@@ -50,7 +50,11 @@ def list_types(request: Request, service: ServiceDep, ctx: ContextDep) -> Respon
         ]
     else:
         names = sorted(c(t) for t in found)
-        body = {"id": _list_id("EntityTypeList", names), "type": "EntityTypeList", "typeList": names}
+        body = {
+            "id": _list_id("EntityTypeList", names),
+            "type": "EntityTypeList",
+            "typeList": names,
+        }
     return _respond(body, request, ctx)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api.deps import ContextDep, LdContext, ServiceDep, StateDep, resolve_context
-from api.http import GEOJSON, JSON, JSONLD, accept, entity_body
+from api.http import GEOJSON, JSON, accept, entity_body
 from api.params import (
     entity_query,
     expanded_names,
@@ -76,7 +76,9 @@ async def create_entity(request: Request, state: StateDep, service: ServiceDep) 
 
 @router.get("/entities")
 @router.get("/entities/", include_in_schema=False)
-def query_entities(request: Request, state: StateDep, service: ServiceDep, ctx: ContextDep) -> Response:
+def query_entities(
+    request: Request, state: StateDep, service: ServiceDep, ctx: ContextDep
+) -> Response:
     params = request.query_params
     kind = accept(request)
     rep = representation(params)
@@ -105,9 +107,7 @@ def _geometry_property(request: Request, ctx: LdContext) -> str | None:
     return ctx.terms.expand(name) if name else None
 
 
-def _page_links(
-    request: Request, offset: int, limit: int, returned: int, total: int | None
-) -> str:
+def _page_links(request: Request, offset: int, limit: int, returned: int, total: int | None) -> str:
     """Link rel=next/prev for paging (clause 5.5.9)."""
     if limit == 0:
         return ""
@@ -127,7 +127,9 @@ def _no_attr_get(entity_id: str, attr: str) -> Response:
     from twin.errors import OperationNotSupported
 
     return problem_response(
-        OperationNotSupported("GET of a single attribute is not defined; GET the entity with attrs=")
+        OperationNotSupported(
+            "GET of a single attribute is not defined; GET the entity with attrs="
+        )
     )
 
 

@@ -24,7 +24,10 @@ def bin_entity(n: int = 1, fill: float = 0.5) -> dict[str, Any]:
         },
         "status": {"type": "Property", "value": "ok"},
         "refDevice": {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{n}"},
-        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [3.87, 43.61]}},
+        "location": {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [3.87, 43.61]},
+        },
         "name": {"type": "LanguageProperty", "languageMap": {"fr": "Bac", "en": "Bin"}},
     }
 
@@ -102,23 +105,44 @@ def test_concise_input_is_understood(client: TestClient) -> None:
 
 def test_bad_input_is_rejected_precisely(client: TestClient) -> None:
     url = "/ngsi-ld/v1/entities"
-    assert "URI" in problem(client.post(url, json={"id": "not a uri", "type": "T"}), 400, "BadRequestData")["detail"]
+    assert (
+        "URI"
+        in problem(client.post(url, json={"id": "not a uri", "type": "T"}), 400, "BadRequestData")[
+            "detail"
+        ]
+    )
     problem(client.post(url, json={"id": "urn:a:1"}), 400, "BadRequestData")
-    bad_geo = {"id": "urn:a:1", "type": "T", "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [200, 1]}}}
+    bad_geo = {
+        "id": "urn:a:1",
+        "type": "T",
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [200, 1]}},
+    }
     problem(client.post(url, json=bad_geo), 400, "BadRequestData")
     bad_rel = {"id": "urn:a:1", "type": "T", "r": {"type": "Relationship", "object": "no uri"}}
     problem(client.post(url, json=bad_rel), 400, "BadRequestData")
     bad_kind = {"id": "urn:a:1", "type": "T", "p": {"type": "Propertee", "value": 1}}
     problem(client.post(url, json=bad_kind), 400, "BadRequestData")
-    bad_time = {"id": "urn:a:1", "type": "T", "p": {"type": "Property", "value": 1, "observedAt": "yesterday"}}
+    bad_time = {
+        "id": "urn:a:1",
+        "type": "T",
+        "p": {"type": "Property", "value": 1, "observedAt": "yesterday"},
+    }
     problem(client.post(url, json=bad_time), 400, "BadRequestData")
     malformed = client.post(url, content=b'{"id": ', headers={"Content-Type": "application/json"})
     assert "not valid JSON" in problem(malformed, 400, "BadRequestData")["detail"]
-    problem(client.post(url, content=b"{}", headers={"Content-Type": "text/plain"}), 415, "UnsupportedMediaType")
+    problem(
+        client.post(url, content=b"{}", headers={"Content-Type": "text/plain"}),
+        415,
+        "UnsupportedMediaType",
+    )
     deep: Any = 1
     for _ in range(100):
         deep = [deep]
-    problem(client.post(url, json={"id": "urn:a:1", "type": "T", "p": {"value": deep}}), 400, "BadRequestData")
+    problem(
+        client.post(url, json={"id": "urn:a:1", "type": "T", "p": {"value": deep}}),
+        400,
+        "BadRequestData",
+    )
     ld_without_context = client.post(url, json={"id": "urn:a:1", "type": "T"}, headers=LD)
     problem(ld_without_context, 400, "BadRequestData")
     both = client.post(
@@ -134,7 +158,9 @@ def test_oversized_body(settings: Any) -> None:
     from api.app import create_app
 
     settings.max_body_bytes = 1000
-    with TestClient(create_app(settings), headers={"Authorization": "Bearer test-admin-token"}) as c:
+    with TestClient(
+        create_app(settings), headers={"Authorization": "Bearer test-admin-token"}
+    ) as c:
         big = {"id": "urn:a:1", "type": "T", "p": {"value": "x" * 2000}}
         problem(c.post("/ngsi-ld/v1/entities", json=big), 413, "BadRequestData")
 
@@ -147,7 +173,9 @@ def test_access_gate(client: TestClient, anonymous: TestClient) -> None:
     problem(wrong, 401, "Unauthorized")
     client.post("/ngsi-ld/v1/entities", json=bin_entity())
     assert anonymous.get("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1").status_code == 200
-    problem(anonymous.delete("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1"), 401, "Unauthorized")
+    problem(
+        anonymous.delete("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1"), 401, "Unauthorized"
+    )
 
 
 def test_open_mode_allows_anonymous_writes(settings: Any) -> None:
@@ -160,11 +188,24 @@ def test_open_mode_allows_anonymous_writes(settings: Any) -> None:
 
 def test_tenants_are_isolated(client: TestClient) -> None:
     tenant = {"NGSILD-Tenant": "police"}
-    problem(client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1", headers=tenant), 404, "NonexistentTenant")
+    problem(
+        client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1", headers=tenant),
+        404,
+        "NonexistentTenant",
+    )
     assert client.post("/ngsi-ld/v1/entities", json=bin_entity(), headers=tenant).status_code == 201
-    assert client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1", headers=tenant).status_code == 200
-    problem(client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1"), 404, "ResourceNotFound")
-    problem(client.get("/ngsi-ld/v1/entities/urn:x:1", headers={"NGSILD-Tenant": "../etc"}), 400, "BadRequestData")
+    assert (
+        client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1", headers=tenant).status_code
+        == 200
+    )
+    problem(
+        client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:WasteContainer:1"), 404, "ResourceNotFound"
+    )
+    problem(
+        client.get("/ngsi-ld/v1/entities/urn:x:1", headers={"NGSILD-Tenant": "../etc"}),
+        400,
+        "BadRequestData",
+    )
 
 
 def test_append_update_and_delete_attributes(client: TestClient) -> None:
@@ -173,14 +214,19 @@ def test_append_update_and_delete_attributes(client: TestClient) -> None:
     appended = client.post(url + "/attrs", json={"temperature": {"type": "Property", "value": 12}})
     assert appended.status_code == 204
     no_overwrite = client.post(
-        url + "/attrs", params={"options": "noOverwrite"}, json={"status": {"type": "Property", "value": "full"}}
+        url + "/attrs",
+        params={"options": "noOverwrite"},
+        json={"status": {"type": "Property", "value": "full"}},
     )
     assert no_overwrite.status_code == 207
     assert no_overwrite.json()["notUpdated"][0]["attributeName"] == "status"
     assert client.get(url).json()["status"]["value"] == "ok"
     partial = client.patch(
         url + "/attrs",
-        json={"status": {"type": "Property", "value": "full"}, "missing": {"type": "Property", "value": 1}},
+        json={
+            "status": {"type": "Property", "value": "full"},
+            "missing": {"type": "Property", "value": 1},
+        },
     )
     assert partial.status_code == 207
     assert partial.json()["updated"] == ["status"]
@@ -188,16 +234,35 @@ def test_append_update_and_delete_attributes(client: TestClient) -> None:
     # partial attribute update keeps the metadata it does not mention
     assert client.patch(url + "/attrs/fillingLevel", json={"value": 0.9}).status_code == 204
     level = client.get(url).json()["fillingLevel"]
-    assert level["value"] == 0.9 and level["unitCode"] == "P1" and level["accuracy"]["value"] == 0.05
+    assert (
+        level["value"] == 0.9 and level["unitCode"] == "P1" and level["accuracy"]["value"] == 0.05
+    )
     problem(client.patch(url + "/attrs/nothing", json={"value": 1}), 404, "ResourceNotFound")
     # datasetId instances
-    client.post(url + "/attrs", json={"temperature": {"type": "Property", "value": 14, "datasetId": "urn:ngsi-ld:Dataset:b"}})
+    client.post(
+        url + "/attrs",
+        json={
+            "temperature": {"type": "Property", "value": 14, "datasetId": "urn:ngsi-ld:Dataset:b"}
+        },
+    )
     both = client.get(url).json()["temperature"]
     assert isinstance(both, list) and len(both) == 2
-    assert client.delete(url + "/attrs/temperature", params={"datasetId": "urn:ngsi-ld:Dataset:b"}).status_code == 204
+    assert (
+        client.delete(
+            url + "/attrs/temperature", params={"datasetId": "urn:ngsi-ld:Dataset:b"}
+        ).status_code
+        == 204
+    )
     assert client.get(url).json()["temperature"]["value"] == 12
-    client.post(url + "/attrs", json={"temperature": {"type": "Property", "value": 14, "datasetId": "urn:ngsi-ld:Dataset:b"}})
-    assert client.delete(url + "/attrs/temperature", params={"deleteAll": "true"}).status_code == 204
+    client.post(
+        url + "/attrs",
+        json={
+            "temperature": {"type": "Property", "value": 14, "datasetId": "urn:ngsi-ld:Dataset:b"}
+        },
+    )
+    assert (
+        client.delete(url + "/attrs/temperature", params={"deleteAll": "true"}).status_code == 204
+    )
     assert "temperature" not in client.get(url).json()
     problem(client.delete(url + "/attrs/temperature"), 404, "ResourceNotFound")
 
@@ -215,7 +280,9 @@ def test_merge_patch_and_replace(client: TestClient) -> None:
     assert "status" not in got
     assert got["fillingLevel"]["value"] == 0.7 and got["fillingLevel"]["unitCode"] == "P1"
     assert got["color"] == {"type": "Property", "value": "green"}
-    replaced = client.put(url, json={"type": "WasteContainer", "status": {"type": "Property", "value": "new"}})
+    replaced = client.put(
+        url, json={"type": "WasteContainer", "status": {"type": "Property", "value": "new"}}
+    )
     assert replaced.status_code == 204
     assert set(client.get(url).json()) == {"id", "type", "status"}
     problem(client.put(url, json={"id": "urn:other:1", "type": "T"}), 400, "BadRequestData")

@@ -33,7 +33,9 @@ def local_contexts(request: httpx.Request) -> httpx.Response:
         domain = url[len(RAW) :].split("/", 1)[0]
         path = SDM / domain / "context.jsonld"
         if path.exists():
-            return httpx.Response(200, content=path.read_bytes(), headers={"Content-Type": "application/ld+json"})
+            return httpx.Response(
+                200, content=path.read_bytes(), headers={"Content-Type": "application/ld+json"}
+            )
     return httpx.Response(404)
 
 
@@ -41,7 +43,9 @@ def local_contexts(request: httpx.Request) -> httpx.Response:
 def sdm_client(client: TestClient) -> TestClient:
     shared_or_skip(SDM)
     state = client.app.state.urbis  # type: ignore[attr-defined]
-    state.resolver = ContextResolver(registry=state.registry, transport=httpx.MockTransport(local_contexts))
+    state.resolver = ContextResolver(
+        registry=state.registry, transport=httpx.MockTransport(local_contexts)
+    )
     return client
 
 
@@ -54,7 +58,11 @@ def _domain_context(body: dict[str, Any]) -> str:
 @pytest.mark.parametrize("path", examples(), ids=lambda p: p.parent.name)
 def test_example_round_trips_or_is_refused(sdm_client: TestClient, path: Path) -> None:
     body = orjson.loads(path.read_bytes())
-    created = sdm_client.post("/ngsi-ld/v1/entities", content=path.read_bytes(), headers={"Content-Type": "application/ld+json"})
+    created = sdm_client.post(
+        "/ngsi-ld/v1/entities",
+        content=path.read_bytes(),
+        headers={"Content-Type": "application/ld+json"},
+    )
     url = "/ngsi-ld/v1/entities/" + body["id"]
     if path.parent.name in MALFORMED:
         assert created.status_code == 400, created.text

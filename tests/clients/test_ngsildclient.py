@@ -64,7 +64,9 @@ def ngsildclient_python() -> Path:
             text=True,
         )
         if install.returncode != 0:
-            pytest.skip(f"cannot install ngsildclient from the package registry: {install.stderr[-500:]}")
+            pytest.skip(
+                f"cannot install ngsildclient from the package registry: {install.stderr[-500:]}"
+            )
     return python
 
 
@@ -77,7 +79,9 @@ def test_ngsildclient_flow(ngsildclient_python: Path, tmp_path: Path) -> None:
             text=True,
             timeout=120,
         )
-        assert run.returncode == 0, run.stderr[-3000:] + (tmp_path / "server.log").read_text()[-3000:]
+        assert run.returncode == 0, (
+            run.stderr[-3000:] + (tmp_path / "server.log").read_text()[-3000:]
+        )
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["created"] is True
     assert seen["get_no2"] == 22
@@ -85,6 +89,8 @@ def test_ngsildclient_flow(ngsildclient_python: Path, tmp_path: Path) -> None:
     assert seen["upsert"] is True
     assert seen["count_all"] == 11
     assert seen["count_q"] == 6
-    assert seen["query_ids"] == sorted(f"urn:ngsi-ld:AirQualityObserved:AQ:{i}" for i in range(6, 12))
+    assert seen["query_ids"] == sorted(
+        f"urn:ngsi-ld:AirQualityObserved:AQ:{i}" for i in range(6, 12)
+    )
     assert seen["deleted"] is True
     assert seen["exists_after_delete"] is False

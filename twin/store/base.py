@@ -12,7 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 
-from pyoxigraph import Quad, Term
+from pyoxigraph import Quad
 
 from twin.errors import BadRequestData
 
@@ -46,8 +46,11 @@ class TenantStore(ABC):
         """Delete then insert quads in one transaction: all of it or nothing."""
 
     @abstractmethod
-    def select(self, query: str) -> Iterator[Sequence[Term | None]]:
-        """Rows of a SPARQL SELECT over the union of all graphs (GET /entities, /types...)."""
+    def select(self, query: str) -> Iterator[Sequence[str | None]]:
+        """Rows of a SPARQL SELECT over the union of all graphs, as lexical values.
+
+        Called by GET /entities (ids of a page), /types and /attributes (aggregates).
+        """
 
     @abstractmethod
     def count(self, query: str) -> int:

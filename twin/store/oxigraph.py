@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from pyoxigraph import Literal, NamedNode, Quad, QuerySolutions, Store, Term
+from pyoxigraph import BlankNode, Literal, NamedNode, Quad, QuerySolutions, Store, Triple
 
 from twin.errors import NonexistentTenant
 from twin.rdf import ENTITIES_GRAPH, URBIS_DATASET, URBIS_DOCUMENT
@@ -30,10 +30,13 @@ class OxigraphTenant(TenantStore):
             subject = NamedNode(entity_id)
             text = graph = None
             for quad in self.store.quads_for_pattern(subject, None, None, ENTITIES_GRAPH):
+                obj = quad.object
+                if isinstance(obj, Triple):
+                    continue
                 if quad.predicate == URBIS_DOCUMENT:
-                    text = quad.object.value
+                    text = obj.value
                 elif quad.predicate == URBIS_DATASET:
-                    graph = quad.object.value
+                    graph = obj.value
             if text is not None and graph is not None:
                 found[entity_id] = (text, graph)
         return found
@@ -45,27 +48,36 @@ class OxigraphTenant(TenantStore):
             self.store.extend(added)  # transactional
             return
         # One SPARQL update is one transaction: the delete and the insert land together.
-        self.store.update(f"DELETE DATA {{ {_quads_text(removed)} }} ; INSERT DATA {{ {_quads_text(added)} }}")
+        self.store.update(
+            f"DELETE DATA {{ {_quads_text(removed)} }} ; INSERT DATA {{ {_quads_text(added)} }}"
+        )
 
-    def select(self, query: str) -> Iterator[Sequence[Term | None]]:
+    def select(self, query: str) -> Iterator[Sequence[str | None]]:
         result = self.store.query(query, use_default_graph_as_union=True)
         assert isinstance(result, QuerySolutions)
         width = len(result.variables)
         for solution in result:
-            yield [solution[i] for i in range(width)]
+            yield [_lexical(solution[i]) for i in range(width)]
 
     def count(self, query: str) -> int:
         for row in self.select(query):
-            value = row[0]
-            return int(value.value) if isinstance(value, Literal) else 0
+            return int(row[0]) if row[0] is not None else 0
         return 0
 
     def close(self) -> None:
         self.store.flush() if hasattr(self.store, "flush") else None
 
 
+def _lexical(term: NamedNode | BlankNode | Literal | Triple | None) -> str | None:
+    if term is None:
+        return None
+    return str(term) if isinstance(term, Triple) else term.value
+
+
 def _quads_text(quads: list[Quad]) -> str:
-    return " . ".join(f"GRAPH {q.graph_name} {{ {q.subject} {q.predicate} {q.object} }}" for q in quads)
+    return " . ".join(
+        f"GRAPH {q.graph_name} {{ {q.subject} {q.predicate} {q.object} }}" for q in quads
+    )
 
 
 class OxigraphBackend(StoreBackend):
