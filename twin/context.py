@@ -891,7 +891,7 @@ class ContextResolver:
                         f"cannot load @context {url}: it is {declared} bytes, more than the "
                         f"{limit} bytes allowed"
                     )
-                for chunk in response.iter_raw():
+                for chunk in response.iter_bytes():  # decoded: the limit holds after gzip
                     body += chunk
                     if len(body) > limit:
                         raise LdContextNotAvailable(

@@ -260,7 +260,7 @@ class EntityService:
         result = BatchResult()
         with self.lock:
             prepared = [(eid, item) for eid, item in items]
-            ids = [eid for eid, item in prepared if eid is not None]
+            ids = [e for e, item in prepared if e is not None and not isinstance(item, NgsiLdError)]
             existing = self.get_many(ids)
             staged: dict[str, tuple[Doc | None, Doc | None, str]] = {}
             for entity_id, item in prepared:

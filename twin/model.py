@@ -11,6 +11,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from pyoxigraph import NamedNode
+
 from twin.errors import BadRequestData
 from twin.geo import parse_geometry
 from twin.terms import Terms
@@ -80,7 +82,14 @@ def now_iso() -> str:
 
 
 def is_uri(value: object) -> bool:
-    return isinstance(value, str) and len(value) < 2048 and bool(_URI.match(value))
+    """An absolute IRI that the RDF store accepts too (both checks, so they never disagree)."""
+    if not isinstance(value, str) or len(value) >= 2048 or not _URI.match(value):
+        return False
+    try:
+        NamedNode(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_uri(value: object, what: str) -> str:

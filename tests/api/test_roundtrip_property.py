@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -22,7 +23,7 @@ json_values = st.recursive(
     max_leaves=6,
 )
 uris = st.from_regex(r"urn:ngsi-ld:[A-Z][a-z]{1,8}:[a-z0-9]{1,8}", fullmatch=True)
-instants = st.datetimes(timezones=st.just(__import__("datetime").UTC)).map(
+instants = st.datetimes(min_value=datetime(1900, 1, 1), timezones=st.just(UTC)).map(
     lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")
 )
 lon = st.floats(-180, 180, allow_nan=False)

@@ -45,7 +45,7 @@ FLOW = textwrap.dedent(
         seen["count_q"] = client.count(type="AirQualityObserved", q="NO2>50")
         found = client.query(type="AirQualityObserved", q="NO2>50")
         seen["query_ids"] = sorted(x["id"] for x in found)
-        seen["deleted"] = bool(client.delete("urn:ngsi-ld:AirQualityObserved:AQ:1"))
+        seen["deleted"] = bool(client.delete(got))  # an Entity: a plain str goes to batch
         seen["exists_after_delete"] = client.exists("urn:ngsi-ld:AirQualityObserved:AQ:1")
     print(json.dumps(seen))
     """
