@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,15 +65,6 @@ def serve(
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
-def _entities(path: Path) -> Iterator[Any]:
-    """The entities of a JSON file holding one entity or an array of them."""
-    import orjson
-
-    data = orjson.loads(path.read_bytes())
-    items = data if isinstance(data, list) else [data]
-    yield from items
-
-
 @app.command()
 def load(
     files: Annotated[list[Path], typer.Argument(help="NGSI-LD JSON or JSON-LD entity arrays.")],
@@ -91,6 +81,7 @@ def load(
     from api.app import build_state
     from api.settings import Settings
     from twin.errors import NgsiLdError
+    from twin.jsonstream import iter_json_items
     from twin.model import EntityReader
     from twin.rdf import dataset_graph
     from twin.store.base import DEFAULT_TENANT
@@ -116,7 +107,7 @@ def load(
         for path in files:
             task = progress.add_task(path.name, total=None)
             batch: list[tuple[str | None, Any]] = []
-            for item in _entities(path):
+            for item in iter_json_items(path):
                 entity_id = item.get("id") if isinstance(item, dict) else None
                 try:
                     ctx = item.get("@context", context) if isinstance(item, dict) else context

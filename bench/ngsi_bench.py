@@ -9,6 +9,7 @@ pyoxigraph store for comparison. Prints a table and writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kind-budget", type=float, default=300.0, help="max seconds per query kind")
     p.add_argument("--get-seconds", type=int, default=20, help="wrk duration")
     p.add_argument("--connections", type=int, default=32, help="wrk connections")
+    p.add_argument("--kinds", help="comma-separated latency kinds to run (default: all)")
     p.add_argument("--skip-raw", action="store_true", help="no raw pyoxigraph comparison")
     p.add_argument("--profile", type=Path, help="py-spy each phase into this directory")
     p.add_argument("--work-dir", type=Path, help="where the temporary twin goes (default /tmp)")
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine.machine_facts(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "demo_scale": scale,
+        "load_average_at_start": os.getloadavg(),
     }
     facts = Facts()
     with tempfile.TemporaryDirectory(prefix="urbis-bench-", dir=args.work_dir) as tmp:
@@ -94,7 +97,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"upserted {facts.total} in {upsert.timed_s:.1f} s: {upsert.per_second:.0f}/s")
             results["get_throughput"] = _get_phase(args, server, facts, work)
             results["latency"] = []
+            chosen = set(args.kinds.split(",")) if args.kinds else None
             for kind in latency.kinds(facts):
+                if chosen is not None and kind.name not in chosen:
+                    continue
                 with profiling.recording(server.pid, _profile_path(args, kind.name)):
                     row = latency.measure(
                         server,
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{kind.name}: p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms")
                 results["latency"].append(row)
             results["rss_end"] = machine.memory(server.pid)
+            results["load_average_at_end"] = os.getloadavg()
         if not args.skip_raw:
             results["raw_oxigraph"] = _raw_phase(args, scale, server.context_url, work)
     if args.profile is not None:
