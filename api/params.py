@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import QueryParams
-from twin.query.qlang import expand_q, parse_q
 
 from api.settings import Settings
-from twin.entities import EntityQuery
+from twin.entities import EntityQuery, Selector
 from twin.errors import BadRequestData, TooManyResults
 from twin.geo import parse_geoq
+from twin.model import check_uri
+from twin.query.qlang import expand_q, parse_q
 from twin.query.typeexpr import parse_types
 from twin.terms import Terms
 
@@ -102,16 +104,9 @@ def entity_query(source: dict[str, Any], terms: Terms, settings: Settings) -> En
     query = EntityQuery()
     ids = source.get("id")
     if ids is not None:
-        from twin.model import check_uri
-
         query.ids = [check_uri(i, "id") for i in ids]
     if source.get("idPattern") is not None:
-        import re
-
-        try:
-            re.compile(source["idPattern"])
-        except re.error as exc:
-            raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from None
+        _check_regex(source["idPattern"])
         query.id_pattern = source["idPattern"]
     if source.get("type") is not None:
         query.types = parse_types(source["type"], terms.expand)
@@ -131,12 +126,15 @@ def entity_query(source: dict[str, Any], terms: Terms, settings: Settings) -> En
             from dataclasses import replace
 
             query.geo = replace(parsed, geoproperty=terms.expand(parsed.geoproperty))
+    selectors = source.get("selectors")
+    if selectors:
+        query.selectors = [_selector(s, terms) for s in selectors]
     if source.get("scopeQ") is not None:
-        query.scope = [s.strip() for s in str(source["scopeQ"]).split(",") if s.strip()]
+        query.scope = str(source["scopeQ"])
     if not any(
         x is not None
         for x in (query.ids, query.id_pattern, query.types, query.attrs, query.q, query.geo)
-    ) and not source.get("local"):
+    ) and not (source.get("local") or query.scope or query.selectors):
         raise BadRequestData(
             "a query needs at least one of: id, idPattern, type, attrs, q, geoQ (clause 5.7.2)"
         )
@@ -148,6 +146,30 @@ def entity_query(source: dict[str, Any], terms: Terms, settings: Settings) -> En
             f"limit {query.limit} is above the maximum page size {settings.max_page_size}"
         )
     return query
+
+
+def _selector(raw: Any, terms: Terms) -> Selector:
+    if not isinstance(raw, dict) or not ({"id", "idPattern", "type"} & set(raw)):
+        raise BadRequestData("each EntitySelector needs at least one of id, idPattern, type")
+    ids = raw.get("id")
+    id_list = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    pattern = raw.get("idPattern")
+    if pattern is not None:
+        _check_regex(pattern)
+    return Selector(
+        ids=tuple(check_uri(i, "EntitySelector id") for i in id_list),
+        id_pattern=pattern,
+        types=parse_types(raw["type"], terms.expand) if raw.get("type") else None,
+    )
+
+
+def _check_regex(pattern: object) -> None:
+    if not isinstance(pattern, str):
+        raise BadRequestData("idPattern must be a string")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from None
 
 
 def query_source(params: QueryParams, settings: Settings) -> dict[str, Any]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import shutil
 import subprocess
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,42 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _machine_busy_seconds() -> float:
+    """CPU time all processes of the machine have used (every core, since boot)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
+class CpuMeter:
+    """Who used the CPU during a phase: the server, this benchmark (and its children), others.
+
+    The cores are shared; CPU the others used was not available to the server.
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+        self.start = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, float, float, float]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        bench = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        return time.monotonic(), cpu_seconds(self.pid), bench, _machine_busy_seconds()
+
+    def stop(self) -> dict[str, float]:
+        """Average cores used since construction, per party."""
+        end = self._snapshot()
+        wall, server, bench, busy = (e - s for e, s in zip(end, self.start, strict=True))
+        wall = max(wall, 1e-9)
+        return {
+            "wall_s": round(wall, 3),
+            "server_cores": round(server / wall, 2),
+            "bench_cores": round(bench / wall, 2),
+            "other_cores": round(max(0.0, busy - server - bench) / wall, 2),
+        }
 
 
 def disk_bytes(path: Path) -> int:

@@ -21,12 +21,32 @@ from twin.model import NULL_URI, SYSTEM_MEMBERS
 from twin.query.qeval import evaluate
 from twin.query.qlang import QExpr
 from twin.query.qsparql import to_sparql
+from twin.query.scopeq import scope_filter
 from twin.query.sparql import iri, string
 from twin.query.typeexpr import TypeExpr, type_filter, type_names
 from twin.rdf import dump_document, entity_quads, load_document
 from twin.store.base import TenantStore
 
 Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One EntitySelector of POST /entityOperations/query: all of its members must hold."""
+
+    ids: tuple[str, ...] = ()
+    id_pattern: str | None = None
+    types: TypeExpr | None = None
+
+    def sparql(self, var: str = "e") -> str:
+        parts = []
+        if self.ids:
+            parts.append(f"?{var} IN ({', '.join(iri(i) for i in self.ids)})")
+        if self.id_pattern is not None:
+            parts.append(f"REGEX(STR(?{var}), {string(self.id_pattern)})")
+        if self.types is not None:
+            parts.append(type_filter(self.types, var))
+        return "(" + (" && ".join(parts) or "true") + ")"
 
 
 @dataclass
@@ -39,7 +59,8 @@ class EntityQuery:
     attrs: set[str] | None = None
     q: QExpr | None = None
     geo: GeoQuery | None = None
-    scope: list[str] | None = None
+    scope: str | None = None
+    selectors: list[Selector] | None = None  # alternatives, for several EntitySelectors
     limit: int = 20
     offset: int = 0
     count: bool = False
@@ -151,15 +172,9 @@ class EntityService:
             values = " ".join(iri(a) for a in sorted(query.attrs))
             filters.append(f"EXISTS {{ VALUES ?attr {{ {values} }} ?e ?attr ?anyValue }}")
         if query.scope:
-            scopes = " || ".join(
-                f"CONTAINS(?scopeDoc, {string(chr(34) + s + chr(34))})" for s in query.scope
-            )
-            # Scope lives only in the document; a superset test on its text, refined below.
-            filters.append(
-                f"EXISTS {{ GRAPH {iri(ns.ENTITIES_GRAPH)} "
-                f"{{ ?e {iri(ns.URBIS + 'document')} ?scopeLit }} "
-                f"BIND(STR(?scopeLit) AS ?scopeDoc) FILTER({scopes}) }}"
-            )
+            filters.append(scope_filter(query.scope))
+        if query.selectors:
+            filters.append(" || ".join(s.sparql() for s in query.selectors))
         exact = True
         if query.q is not None:
             condition = to_sparql(query.q, entity_var="e")

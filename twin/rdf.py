@@ -34,6 +34,7 @@ URBIS_DOCUMENT = NamedNode(ns.URBIS + "document")
 URBIS_DATASET = NamedNode(ns.URBIS + "dataset")
 ENTITIES_GRAPH = NamedNode(ns.ENTITIES_GRAPH)
 LOCATION = ns.NGSI_LD + "location"
+SCOPE = NamedNode(ns.NGSI_LD + "scope")
 
 _TEMPORAL = {"DateTime": XSD_DATETIME, "Date": XSD_DATE, "Time": XSD_TIME}
 _TEMPORAL.update({ns.NGSI_LD + k: v for k, v in list(_TEMPORAL.items())})
@@ -137,6 +138,7 @@ def plain_quads(doc: dict[str, Any], graph: str) -> list[Quad]:
     entity_id = doc["id"]
     subject = NamedNode(entity_id)
     out = [Quad(subject, RDF_TYPE, NamedNode(t), g) for t in doc["type"]]
+    out.extend(Quad(subject, SCOPE, Literal(s), g) for s in doc.get("scope", ()))
     for attr, instances in doc.items():
         if not isinstance(instances, list) or attr in ("type", "scope"):
             continue

@@ -225,12 +225,13 @@ async def post_query(request: Request, state: StateDep, service: ServiceDep) -> 
     params = request.query_params
     kind = accept(request)
     rep = representation(params)
-    from api.params import boolean, integer, query_source
+    from api.params import boolean, integer
 
+    selectors = body.get("entities")
+    if selectors is not None and not isinstance(selectors, list):
+        raise BadRequestData("entities must be an array of EntitySelector objects")
     source: dict[str, Any] = {
-        "id": _list(body.get("entities"), "id"),
-        "idPattern": _first(body.get("entities"), "idPattern"),
-        "type": _types(body.get("entities")),
+        "selectors": selectors,
         "attrs": body.get("attrs"),
         "q": body.get("q"),
         "geoQ": body.get("geoQ"),
@@ -240,7 +241,6 @@ async def post_query(request: Request, state: StateDep, service: ServiceDep) -> 
         "count": boolean(params, "count"),
         "local": body.get("local"),
     }
-    del query_source
     query = entity_query(source, ctx.terms, state.settings)
     result = service.query(query)
     rendered = render_entities(result.documents, ctx, rep, kind, attrs=query.attrs)
@@ -248,22 +248,3 @@ async def post_query(request: Request, state: StateDep, service: ServiceDep) -> 
     if result.total is not None:
         headers["NGSILD-Results-Count"] = str(result.total)
     return entity_response(rendered, ctx, kind, headers=headers)
-
-
-def _list(selectors: Any, key: str) -> list[str] | None:
-    if selectors is None:
-        return None
-    if not isinstance(selectors, list):
-        raise BadRequestData("entities must be an array of EntitySelector objects")
-    found = [s[key] for s in selectors if isinstance(s, dict) and key in s]
-    return found or None
-
-
-def _first(selectors: Any, key: str) -> str | None:
-    found = _list(selectors, key)
-    return found[0] if found else None
-
-
-def _types(selectors: Any) -> str | None:
-    found = _list(selectors, "type")
-    return ",".join(found) if found else None

@@ -267,3 +267,50 @@ def test_discovery(client: TestClient) -> None:
     one = client.get("/ngsi-ld/v1/attributes/fillingLevel").json()
     assert one["attributeCount"] == 4 and one["typeNames"] == ["WasteContainer"]
     problem(client.get("/ngsi-ld/v1/types/Nothing"), 404, "ResourceNotFound")
+
+
+def test_scope_queries(client: TestClient) -> None:
+    for i, scope in enumerate(
+        ["/Montpellier/Centre", "/Montpellier/Centre/Ecusson", "/Montpellier/Nord", "/Lyon"]
+    ):
+        entity = {"id": f"urn:ngsi-ld:Bin:{i}", "type": "Bin", "scope": scope, "n": i}
+        assert client.post("/ngsi-ld/v1/entities", json=entity).status_code == 201
+    url = "/ngsi-ld/v1/entities"
+
+    def scoped(expr: str) -> list[int]:
+        return sorted(
+            int(e["id"].rsplit(":", 1)[1]) for e in client.get(url, params={"scopeQ": expr}).json()
+        )
+
+    assert scoped("/Montpellier/Centre") == [0]
+    assert scoped("/Montpellier/Centre/#") == [0, 1]
+    assert scoped("/Montpellier/+") == [0, 2]
+    assert scoped("/#") == [0, 1, 2, 3]
+    assert scoped("/Lyon,/Montpellier/Nord") == [2, 3]
+    assert scoped("/Montpellier/#;/Montpellier/Nord") == [2]
+    assert client.get(url + "/urn:ngsi-ld:Bin:1").json()["scope"] == "/Montpellier/Centre/Ecusson"
+    problem(client.get(url, params={"scopeQ": "Montpellier"}), 400, "BadRequestData")
+
+
+def test_post_query_selectors_are_alternatives(client: TestClient) -> None:
+    city(client, 4)
+    client.post(
+        "/ngsi-ld/v1/entities",
+        json={"id": "urn:ngsi-ld:Streetlight:1", "type": "Streetlight", "status": "on"},
+    )
+    body = {
+        "type": "Query",
+        "entities": [
+            {"type": "Streetlight"},
+            {"type": "WasteContainer", "idPattern": ".*:[23]$"},
+        ],
+    }
+    found = client.post(OPS + "/query", json=body)
+    assert sorted(ids(found)) == [
+        "urn:ngsi-ld:Streetlight:1",
+        "urn:ngsi-ld:WasteContainer:2",
+        "urn:ngsi-ld:WasteContainer:3",
+    ]
+    problem(
+        client.post(OPS + "/query", json={"type": "Query", "entities": [{}]}), 400, "BadRequestData"
+    )
