@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from bench.machine import cpu_seconds
+from bench.machine import CpuMeter
 from bench.server import Server
 from bench.workload import Facts
 from twin import demo
@@ -174,7 +174,7 @@ def measure(
         for _ in range(warmup):
             path, params, _check = kind.make(rng)
             client.get(path, params=params)
-        cpu_before = cpu_seconds(server.pid)
+        meter = CpuMeter(server.pid)
         deadline = time.monotonic() + budget_s
         for _ in range(requests):
             if time.monotonic() > deadline:
@@ -189,7 +189,7 @@ def measure(
             elif response.status_code == 200:
                 body = response.json()
                 results.append(len(body) if isinstance(body, list) else 1)
-        server_cpu = cpu_seconds(server.pid) - cpu_before
+        cpu = meter.stop()
     ordered = sorted(times)
     n = len(ordered)
     return {
@@ -203,6 +203,9 @@ def measure(
         "p99_ms": round(percentile(ordered, 0.99) * 1000, 2) if n else None,
         "max_ms": round(ordered[-1] * 1000, 2) if n else None,
         "mean_results": round(sum(results) / len(results), 1) if results else 0,
-        "server_cpu_ms_per_request": round(server_cpu / n * 1000, 2) if n else None,
+        "server_cpu_ms_per_request": round(cpu["server_cores"] * cpu["wall_s"] / n * 1000, 2)
+        if n
+        else None,
+        "cpu": cpu,
         "target_p95_ms": kind.target_p95_ms,
     }

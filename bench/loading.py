@@ -18,7 +18,7 @@ import httpx
 import orjson
 from pyoxigraph import Store
 
-from bench.machine import cpu_seconds
+from bench.machine import CpuMeter
 from bench.server import Server
 from bench.workload import Facts, batches
 from twin.model import EntityReader, now_iso
@@ -34,7 +34,7 @@ class LoadResult:
     batches: int
     timed_s: float  # sum of the timed sections
     wall_s: float  # including the untimed preparation
-    server_cpu_s: float | None = None
+    cpu: dict[str, float] | None = None  # cores used per party (machine.CpuMeter)
     body_bytes: int = 0
     quads: int = 0
 
@@ -50,7 +50,7 @@ def http_upsert(server: Server, scale: int, batch_size: int, facts: Facts) -> Lo
     """POST every batch to /entityOperations/upsert and fill `facts` on the way."""
     headers = {"Content-Type": "application/json", "Link": server.link}
     result = LoadResult(entities=0, batches=0, timed_s=0.0, wall_s=0.0)
-    cpu_before = cpu_seconds(server.pid)
+    meter = CpuMeter(server.pid)
     wall = time.perf_counter()
     with httpx.Client(base_url=server.base, timeout=600) as client:
         for batch in batches(scale, batch_size):
@@ -68,7 +68,7 @@ def http_upsert(server: Server, scale: int, batch_size: int, facts: Facts) -> Lo
             result.batches += 1
             result.body_bytes += len(body)
     result.wall_s = time.perf_counter() - wall
-    result.server_cpu_s = cpu_seconds(server.pid) - cpu_before
+    result.cpu = meter.stop()
     facts.sort()
     return result
 

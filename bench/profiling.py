@@ -54,20 +54,25 @@ def _place(frame: str) -> tuple[str, str]:
     return path, function
 
 
+# Leaf frames of a thread that waits: py-spy's idle detection misses them in this sandbox.
+_WAITS = frozenset({"Condition.wait", "EpollSelector.select", "Event.wait", "Thread.join"})
+
+
 def summarise(collapsed: Path, top: int = 15) -> dict[str, Any]:
-    """Self time per file and inclusive time per project function, as shares of all samples."""
+    """Self time per file and inclusive time per project function, as shares of busy samples."""
     self_by_file: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         places = [_place(f) for f in stack.split(";") if " (" in f]
-        if not places:
+        if not places or places[-1][1] in _WAITS:
+            idle += count
             continue
+        total += count
         self_by_file[places[-1][0]] += count
         seen = {f"{path}:{fn}" for path, fn in places if path.startswith(("twin/", "api/"))}
         for key in seen:
@@ -80,6 +85,7 @@ def summarise(collapsed: Path, top: int = 15) -> dict[str, Any]:
 
     return {
         "samples": total,
+        "idle_samples": idle,
         "self_percent_by_file": share(self_by_file),
         "inclusive_percent_by_project_function": share(inclusive),
     }

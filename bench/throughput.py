@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
-import resource
 import shutil
 import subprocess
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bench.machine import cpu_seconds
+from bench.machine import CpuMeter
 from bench.server import Server
 
 ENTITIES = "/ngsi-ld/v1/entities/"
@@ -70,14 +69,9 @@ def wrk_get(
     )
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     command += ["-s", str(script), server.base]
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before = cpu_seconds(server.pid)
+    meter = CpuMeter(server.pid)
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    server_cpu = cpu_seconds(server.pid) - server_before
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wrk_cpu = (children.ru_utime - children_before.ru_utime) + (
-        children.ru_stime - children_before.ru_stime
-    )
+    cpu = meter.stop()
     line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
     if out.returncode != 0 or line is None:
         tail = f"{out.stdout[-2000:]} {out.stderr[-2000:]}"
@@ -90,8 +84,7 @@ def wrk_get(
         **summary,
         "requests_per_s": round(summary["requests"] / duration, 1),
         "ok_per_s": round(ok / duration, 1),
-        "server_cpu_cores": round(server_cpu / duration, 2),
-        "loadgen_cpu_cores": round(wrk_cpu / duration, 2),
+        "cpu": cpu,  # bench_cores is wrk's (and this process's) share
     }
 
 
@@ -112,12 +105,10 @@ def _worker(args: tuple[str, str, list[str], float, int]) -> tuple[int, int, flo
 
 def httpx_get(server: Server, ids: list[str], *, seconds: int, workers: int) -> dict[str, Any]:
     """Fallback without wrk: `workers` processes, each one keep-alive client in a loop."""
-    server_before = cpu_seconds(server.pid)
-    start = time.perf_counter()
+    meter = CpuMeter(server.pid)
     jobs = [(server.base, server.link, ids, float(seconds), i) for i in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         counts = pool.map(_worker, jobs)
-    wall = time.perf_counter() - start
     requests = sum(c for c, _, _ in counts)
     failed = sum(f for _, f, _ in counts)
     rate = sum(c / s for c, _, s in counts if s > 0)
@@ -127,7 +118,7 @@ def httpx_get(server: Server, ids: list[str], *, seconds: int, workers: int) -> 
         "non_2xx": failed,
         "requests_per_s": round(rate, 1),
         "ok_per_s": round(rate * (requests - failed) / requests, 1) if requests else 0.0,
-        "server_cpu_cores": round((cpu_seconds(server.pid) - server_before) / wall, 2),
+        "cpu": meter.stop(),  # the workers are children: bench_cores
     }
 
 
