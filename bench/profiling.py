@@ -20,14 +20,20 @@ from bench.server import REPO
 
 
 @contextmanager
-def recording(pid: int, out: Path | None, *, rate: int = 100) -> Iterator[None]:
-    """Sample `pid` into `out` (py-spy's collapsed-stack format) while the block runs."""
+def recording(pid: int, out: Path | None, *, rate: int = 100, gil: bool = False) -> Iterator[None]:
+    """Sample `pid` into `out` (py-spy's collapsed-stack format) while the block runs.
+
+    With `gil` only the thread holding the GIL is sampled: the Python work of a busy server
+    whose threads queue for the GIL, but not what extensions do after releasing it.
+    """
     if out is None:
         yield
         return
     if shutil.which("py-spy") is None:
         raise RuntimeError("--profile needs py-spy (pip install py-spy)")
     command = ["py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
+    if gil:
+        command.append("--gil")
     proc = subprocess.Popen(
         [*command, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -71,7 +71,11 @@ def test_query_parameters_never_crash(client: TestClient, query: dict[str, str])
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | noise,
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_infinity=False, allow_nan=False)
+    | noise,
     lambda inner: (
         st.lists(inner, max_size=3)
         | st.dictionaries(

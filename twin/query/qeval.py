@@ -19,6 +19,7 @@ from typing import Any
 
 from twin.query.qlang import (
     EQUALITY_OPS,
+    INT64,
     PATTERN_OPS,
     TEMPORAL_METADATA,
     And,
@@ -40,8 +41,6 @@ from twin.query.qlang import (
 NGSI_LD = "https://uri.etsi.org/ngsi-ld/"
 _TEMPORAL_TYPES: dict[str, TemporalKind] = {"DateTime": "dateTime", "Date": "date", "Time": "time"}
 _TEMPORAL_TYPES.update({NGSI_LD + k: v for k, v in list(_TEMPORAL_TYPES.items())})
-# The store keeps integers as xsd:integer, which it can compare only within 64 bits.
-_I64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -160,8 +159,8 @@ def _element(value: Any) -> Element:
     """One value as the store types it (twin.rdf.value_literal)."""
     if isinstance(value, bool | str):
         return value
-    if isinstance(value, int):
-        return value if _I64[0] <= value <= _I64[1] else OPAQUE
+    if isinstance(value, int):  # beyond 64 bits the store cannot compare it
+        return value if INT64[0] <= value <= INT64[1] else OPAQUE
     if isinstance(value, float):
         return value if math.isfinite(value) else OPAQUE
     if isinstance(value, dict) and "@value" in value:
@@ -232,6 +231,8 @@ def _order(element: Element, value: Scalar) -> int | None:
         if not isinstance(element, int | float):
             return None
         a, b = element, value
+        if isinstance(b, int) and not INT64[0] <= b <= INT64[1]:
+            b = float(b)  # as qsparql writes it
         if isinstance(a, float) or isinstance(b, float):  # as the store promotes to double
             a, b = float(a), float(b)
     elif isinstance(value, str):

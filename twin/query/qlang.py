@@ -33,6 +33,7 @@ from typing import Literal, NoReturn
 from pyoxigraph import Literal as RdfLiteral
 from pyoxigraph import QueryBoolean, QuerySolutions, Store
 
+from twin import ns
 from twin.errors import BadRequestData, OperationNotSupported, TooComplexQuery
 from twin.query.sparql import string
 
@@ -48,8 +49,8 @@ _OPERATORS: tuple[Op, ...] = ("!~=", "==", "!=", ">=", "<=", "~=", ">", "<")
 METADATA = frozenset({"observedAt", "unitCode", "datasetId", "createdAt", "modifiedAt"})
 TEMPORAL_METADATA = frozenset({"observedAt", "createdAt", "modifiedAt"})
 MAX_PATTERN_LENGTH = 256
-_I64 = (-(2**63), 2**63 - 1)
-XSD_BOOLEAN = "http://www.w3.org/2001/XMLSchema#boolean"
+# The store keeps integers as 64-bit xsd:integer; larger q numbers are read as doubles.
+INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Temporal:
 
 @dataclass(frozen=True)
 class Range:
+    """`low..high`, both bounds included."""
+
     low: Comparable
     high: Comparable
 
@@ -99,7 +102,7 @@ class Exists:
 
 @dataclass(frozen=True)
 class Compare:
-    """`path op value`; `vocab_value` is `value` expanded for VocabProperty targets."""
+    """`path op value`; `vocab_value` is `value` expanded as vocabulary (see expand_q)."""
 
     path: Path
     op: Op
@@ -164,8 +167,9 @@ def _fields(kind: TemporalKind, text: str) -> _Fields | None:
     end_of_day = hours == 24 and minutes == 0 and secs == 0 and not (frac and int(frac[1:]))
     if (hours > 23 and not end_of_day) or minutes > 59 or secs > 59:
         return None
-    offset = _offset(tz)
-    if offset == -1:
+    try:
+        offset = _offset(tz)
+    except ValueError:
         return None
     seconds = Decimal(hours * 3600 + minutes * 60 + secs) + Decimal("0" + (frac or ""))
     hms = f"{hh}:{mm}:{ss or '00'}"
@@ -173,7 +177,7 @@ def _fields(kind: TemporalKind, text: str) -> _Fields | None:
 
 
 def _offset(tz: str | None) -> int | None:
-    """Minutes east of UTC; None when naive; -1 when out of range (XSD allows +-14:00)."""
+    """Minutes east of UTC, None when naive; ValueError beyond XSD's +-14:00."""
     if tz is None:
         return None
     if tz == "Z":
@@ -181,7 +185,7 @@ def _offset(tz: str | None) -> int | None:
     digits = tz[1:].replace(":", "")
     hours, minutes = int(digits[:2]), int(digits[2:] or 0)
     if minutes > 59 or hours * 60 + minutes > 14 * 60:
-        return -1
+        raise ValueError(f"timezone {tz} out of range")
     return (hours * 60 + minutes) * (1 if tz[0] == "+" else -1)
 
 
@@ -229,10 +233,10 @@ def valid_pattern(pattern: str) -> bool:
     result = _engine().query(query)
     assert isinstance(result, QuerySolutions)
     term = next(iter(result))[0]
-    return isinstance(term, RdfLiteral) and term.datatype.value == XSD_BOOLEAN
+    return isinstance(term, RdfLiteral) and term.datatype.value == ns.XSD + "boolean"
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)
 def pattern_matches(pattern: str, text: str) -> bool:
     """REGEX(text, pattern) as the store evaluates it (a substring search)."""
     result = _engine().query(f"ASK {{ FILTER(REGEX({string(text)}, {string(pattern)})) }}")
@@ -511,7 +515,7 @@ class _Parser:
         text = match.group()
         if match.group(1) is None and match.group(2) is None:
             whole = int(text)
-            if _I64[0] <= whole <= _I64[1]:
+            if INT64[0] <= whole <= INT64[1]:
                 return whole
         try:
             number = float(text)

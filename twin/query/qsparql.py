@@ -22,6 +22,7 @@ from pyoxigraph import NamedNode
 from twin import ns
 from twin.query.qlang import (
     EQUALITY_OPS,
+    INT64,
     ORDER_OPS,
     And,
     Compare,
@@ -225,10 +226,10 @@ def _is_text(var: str) -> str:
 def _literal(value: Scalar) -> str:
     if isinstance(value, bool):
         return f'"{str(value).lower()}"^^<{ns.XSD}boolean>'
-    if isinstance(value, int):
+    if isinstance(value, int) and INT64[0] <= value <= INT64[1]:
         return f'"{value}"^^<{ns.XSD}integer>'
-    if isinstance(value, float):
-        return f'"{value!r}"^^<{ns.XSD}double>'
+    if isinstance(value, int | float):  # the store's integers are 64-bit
+        return f'"{float(value)!r}"^^<{ns.XSD}double>'
     if isinstance(value, Temporal):
         return f'"{xsd_lexical(value.kind, value.text)}"^^<{ns.XSD}{value.kind}>'
     return string(value)
