@@ -16,6 +16,7 @@ from pyoxigraph import Literal, NamedNode, Quad
 
 from twin import ns
 from twin.geo import parse_geometry, wkt_literal
+from twin.query.qlang import TemporalKind, xsd_lexical
 
 XSD_STRING = NamedNode(ns.XSD + "string")
 XSD_INTEGER = NamedNode(ns.XSD + "integer")
@@ -36,8 +37,14 @@ ENTITIES_GRAPH = NamedNode(ns.ENTITIES_GRAPH)
 LOCATION = ns.NGSI_LD + "location"
 SCOPE = NamedNode(ns.NGSI_LD + "scope")
 
-_TEMPORAL = {"DateTime": XSD_DATETIME, "Date": XSD_DATE, "Time": XSD_TIME}
+_TEMPORAL: dict[str, tuple[NamedNode, TemporalKind]] = {
+    "DateTime": (XSD_DATETIME, "dateTime"),
+    "Date": (XSD_DATE, "date"),
+    "Time": (XSD_TIME, "time"),
+}
 _TEMPORAL.update({ns.NGSI_LD + k: v for k, v in list(_TEMPORAL.items())})
+# An attribute instance whose value yields no triple (empty array, null) still exists.
+EMPTY = NamedNode(ns.RDF + "nil")
 
 
 def dataset_graph(name: str) -> str:
@@ -68,18 +75,31 @@ def value_literal(value: Any) -> Literal | None:
     if isinstance(value, str):
         return Literal(value)
     if isinstance(value, dict) and "@value" in value:
-        datatype = _TEMPORAL.get(str(value.get("@type", "")))
-        if datatype is not None and isinstance(value["@value"], str):
-            return Literal(value["@value"], datatype=datatype)
+        temporal = _temporal_literal(value)
+        if temporal is not None:
+            return temporal
         inner = value["@value"]
         if not isinstance(inner, dict | list):
             return value_literal(inner)
     return json_literal(value)
 
 
+def _temporal_literal(value: dict[str, Any]) -> Literal | None:
+    """DateTime/Date/Time in strict XSD form (seconds, `+01:00`), so the store can compare them."""
+    kind = _TEMPORAL.get(str(value.get("@type", "")))
+    text = value.get("@value")
+    if kind is None or not isinstance(text, str):
+        return None
+    datatype, name = kind
+    try:
+        return Literal(xsd_lexical(name, text), datatype=datatype)
+    except ValueError:
+        return Literal(text, datatype=datatype)
+
+
 def _values(value: Any) -> Iterator[Any]:
-    """Arrays of primitives become one triple per element; anything else is one value."""
-    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+    """An array becomes one triple per element (structured elements as rdf:JSON)."""
+    if isinstance(value, list):
         yield from value
     else:
         yield value
@@ -88,7 +108,18 @@ def _values(value: Any) -> Iterator[Any]:
 def instance_objects(
     entity_id: str, attr: str, instance: dict[str, Any], graph: NamedNode
 ) -> Iterator[Quad]:
-    """Plain triples for one attribute instance."""
+    """Plain triples for one attribute instance: at least one, so that `attr` exists in SPARQL."""
+    produced = False
+    for quad in _instance_objects(entity_id, attr, instance, graph):
+        produced = True
+        yield quad
+    if not produced:
+        yield Quad(NamedNode(entity_id), NamedNode(attr), EMPTY, graph)
+
+
+def _instance_objects(
+    entity_id: str, attr: str, instance: dict[str, Any], graph: NamedNode
+) -> Iterator[Quad]:
     subject = NamedNode(entity_id)
     predicate = NamedNode(attr)
     kind = instance.get("type")
