@@ -34,6 +34,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
+    from api.http import CONTEXT_REL
     from api.settings import Settings
 
     overrides: dict[str, Any] = {}
@@ -61,7 +62,15 @@ def serve(
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.open:
         typer.secho("WARNING: open access on a non-loopback address.", fg="red", err=True)
     where = settings.data_dir or "memory"
-    typer.echo(f"Urbis on http://{settings.host}:{settings.port}/ngsi-ld/v1 (twin: {where})")
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"Urbis on {base}/ngsi-ld/v1 (twin: {where})")
+    if settings.demo:
+        link = f'Link: <{base}/ngsi-ld/v1/jsonldContexts/urbis-smart-city>; rel="{CONTEXT_REL}"'
+        typer.echo(
+            "Try the demo city:\n"
+            f"  curl -g '{base}/ngsi-ld/v1/entities?type=WasteContainer&q=fillingLevel>0.8' "
+            f"-H '{link}'"
+        )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
