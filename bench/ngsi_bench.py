@@ -40,7 +40,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--requests", type=int, default=200, help="timed requests per query kind")
     p.add_argument("--warmup", type=int, default=20, help="untimed requests per query kind")
-    p.add_argument("--kind-budget", type=float, default=300.0, help="max seconds per query kind")
+    p.add_argument("--kind-budget", type=float, default=240.0, help="max seconds per query kind")
     p.add_argument("--get-seconds", type=int, default=20, help="wrk duration")
     p.add_argument("--connections", type=int, default=32, help="wrk connections")
     p.add_argument("--kinds", help="comma-separated latency kinds to run (default: all)")
