@@ -9,10 +9,10 @@ from typing import Any
 from starlette.datastructures import QueryParams
 
 from api.settings import Settings
-from twin.entities import EntityQuery, Selector
 from twin.errors import BadRequestData, TooManyResults
 from twin.geo import parse_geoq
 from twin.model import check_uri
+from twin.query.plan import EntityQuery, Selector
 from twin.query.qlang import expand_q, parse_q
 from twin.query.typeexpr import parse_types
 from twin.terms import Terms

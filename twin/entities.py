@@ -15,55 +15,22 @@ from typing import Any
 from pyoxigraph import Quad
 
 from twin import ns
-from twin.errors import AlreadyExists, BadRequestData, NgsiLdError, ResourceNotFound
+from twin.errors import (
+    AlreadyExists,
+    BadRequestData,
+    NgsiLdError,
+    ResourceNotFound,
+    TooComplexQuery,
+)
 from twin.geo import GeoQuery, SpatialIndex, parse_geometry
 from twin.model import NULL_URI, SYSTEM_MEMBERS
+from twin.query.plan import EntityQuery, plan
 from twin.query.qeval import evaluate
-from twin.query.qlang import QExpr
-from twin.query.qsparql import to_sparql
-from twin.query.scopeq import scope_filter
-from twin.query.sparql import iri, string
-from twin.query.typeexpr import TypeExpr, type_filter, type_names
+from twin.query.sparql import iri
 from twin.rdf import dump_document, entity_quads, load_document
 from twin.store.base import TenantStore
 
 Doc = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Selector:
-    """One EntitySelector of POST /entityOperations/query: all of its members must hold."""
-
-    ids: tuple[str, ...] = ()
-    id_pattern: str | None = None
-    types: TypeExpr | None = None
-
-    def sparql(self, var: str = "e") -> str:
-        parts = []
-        if self.ids:
-            parts.append(f"?{var} IN ({', '.join(iri(i) for i in self.ids)})")
-        if self.id_pattern is not None:
-            parts.append(f"REGEX(STR(?{var}), {string(self.id_pattern)})")
-        if self.types is not None:
-            parts.append(type_filter(self.types, var))
-        return "(" + (" && ".join(parts) or "true") + ")"
-
-
-@dataclass
-class EntityQuery:
-    """A query on entities with every name already expanded (clause 5.7.2)."""
-
-    ids: list[str] | None = None
-    id_pattern: str | None = None
-    types: TypeExpr | None = None
-    attrs: set[str] | None = None
-    q: QExpr | None = None
-    geo: GeoQuery | None = None
-    scope: str | None = None
-    selectors: list[Selector] | None = None  # alternatives, for several EntitySelectors
-    limit: int = 20
-    offset: int = 0
-    count: bool = False
 
 
 @dataclass
@@ -110,30 +77,21 @@ class EntityService:
         return {k: (load_document(t), g) for k, (t, g) in self.store.documents(ids).items()}
 
     def query(self, query: EntityQuery) -> QueryResult:
-        where, exact = self._where(query)
-        if query.geo is not None:
-            hits = self._geo_hits(query.geo)
-            if not hits:
-                return QueryResult([], 0 if query.count else None)
-            where.insert(0, "VALUES ?e { " + " ".join(iri(h) for h in sorted(hits)) + " }")
-        body = " ".join(where)
-        if exact:
-            total = None
-            if query.count:
-                total = self.store.count(f"SELECT (COUNT(DISTINCT ?e) AS ?n) WHERE {{ {body} }}")
+        hits = self._geo_hits(query.geo) if query.geo is not None else None
+        if hits is not None and not hits:
+            return QueryResult([], 0 if query.count else None)
+        sparql = plan(query, hits)
+        if sparql.exact:
+            total = self.store.count(sparql.count()) if query.count else None
             if query.limit == 0:
                 return QueryResult([], total)
-            page = f"SELECT DISTINCT ?e WHERE {{ {body} }} ORDER BY ?e"
-            page += f" LIMIT {query.limit} OFFSET {query.offset}"
-            ids = [row[0] for row in self.store.select(page) if row[0] is not None]
-            docs = self.get_many(ids)
+            ids = [row[0] for row in self.store.select(sparql.page(query.limit, query.offset))]
+            docs = self.get_many([i for i in ids if i is not None])
             return QueryResult([docs[i][0] for i in ids if i in docs], total)
         # Inexact: the store narrows the candidates, the evaluator decides.
-        scan = f"SELECT DISTINCT ?e WHERE {{ {body} }} ORDER BY ?e LIMIT {self.max_scan + 1}"
+        scan = sparql.page(self.max_scan + 1, 0)
         candidates = [row[0] for row in self.store.select(scan) if row[0] is not None]
         if len(candidates) > self.max_scan:
-            from twin.errors import TooComplexQuery
-
             raise TooComplexQuery(
                 f"this q needs a scan of more than {self.max_scan} entities; narrow it with "
                 "a type, ids or a simpler q"
@@ -147,41 +105,6 @@ class EntityService:
                     matched.append(batch[entity_id][0])
         total = len(matched) if query.count else None
         return QueryResult(matched[query.offset : query.offset + query.limit], total)
-
-    def _where(self, query: EntityQuery) -> tuple[list[str], bool]:
-        where: list[str] = []
-        filters: list[str] = []
-        if query.ids is not None:
-            where.append("VALUES ?e { " + " ".join(iri(i) for i in query.ids) + " }")
-        if query.types is not None:
-            names = type_names(query.types)
-            if names is not None and len(names) == 1:
-                where.append(f"?e a {iri(names[0])} .")
-            elif names is not None:
-                where.append("VALUES ?t { " + " ".join(iri(n) for n in names) + " } ?e a ?t .")
-            else:
-                where.append("?e a ?anyType .")
-                filters.append(type_filter(query.types))
-        else:
-            where.append(
-                f"GRAPH {iri(ns.ENTITIES_GRAPH)} {{ ?e {iri(ns.URBIS + 'document')} ?doc }}"
-            )
-        if query.id_pattern is not None:
-            filters.append(f"REGEX(STR(?e), {string(query.id_pattern)})")
-        if query.attrs:
-            values = " ".join(iri(a) for a in sorted(query.attrs))
-            filters.append(f"EXISTS {{ VALUES ?attr {{ {values} }} ?e ?attr ?anyValue }}")
-        if query.scope:
-            filters.append(scope_filter(query.scope))
-        if query.selectors:
-            filters.append(" || ".join(s.sparql() for s in query.selectors))
-        exact = True
-        if query.q is not None:
-            condition = to_sparql(query.q, entity_var="e")
-            filters.append(condition.expression)
-            exact = condition.exact
-        where.extend(f"FILTER({f})" for f in filters)
-        return where, exact
 
     def _geo_hits(self, query: GeoQuery) -> set[str]:
         """Entities whose `geoproperty` matches, from the spatial index (never a scan)."""
@@ -212,7 +135,10 @@ class EntityService:
         remove: list[Quad] = []
         add: list[Quad] = []
         for old, new, graph in changes:
-            old_quads = set(entity_quads(old, graph)) if old is not None else set()
+            if old is None:  # a new entity: nothing to compare with
+                add.extend(entity_quads(new, graph) if new is not None else ())
+                continue
+            old_quads = set(entity_quads(old, graph))
             new_quads = set(entity_quads(new, graph)) if new is not None else set()
             remove.extend(old_quads - new_quads)
             add.extend(new_quads - old_quads)

@@ -8,7 +8,7 @@ here so that one store transaction always writes the two views together.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -97,84 +97,71 @@ def _temporal_literal(value: dict[str, Any]) -> Literal | None:
         return Literal(text, datatype=datatype)
 
 
-def _values(value: Any) -> Iterator[Any]:
-    """An array becomes one triple per element (structured elements as rdf:JSON)."""
-    if isinstance(value, list):
-        yield from value
-    else:
-        yield value
+@lru_cache(maxsize=65536)
+def node(iri: str) -> NamedNode:
+    """NamedNodes of attribute and type IRIs repeat across entities: build each once."""
+    return NamedNode(iri)
 
 
 def instance_objects(
-    entity_id: str, attr: str, instance: dict[str, Any], graph: NamedNode
-) -> Iterator[Quad]:
-    """Plain triples for one attribute instance: at least one, so that `attr` exists in SPARQL."""
-    produced = False
-    for quad in _instance_objects(entity_id, attr, instance, graph):
-        produced = True
-        yield quad
-    if not produced:
-        yield Quad(NamedNode(entity_id), NamedNode(attr), EMPTY, graph)
-
-
-def _instance_objects(
-    entity_id: str, attr: str, instance: dict[str, Any], graph: NamedNode
-) -> Iterator[Quad]:
-    subject = NamedNode(entity_id)
-    predicate = NamedNode(attr)
+    subject: NamedNode, attr: str, instance: dict[str, Any], graph: NamedNode, out: list[Quad]
+) -> None:
+    """Append the plain triples of one attribute instance: at least one, so `attr` exists."""
+    predicate = node(attr)
+    before = len(out)
     kind = instance.get("type")
     if kind == "Relationship" or kind == "ListRelationship":
         objects = (
             instance.get("objectList") if kind == "ListRelationship" else instance.get("object")
         )
-        targets = objects if isinstance(objects, list) else [objects]
-        for target in targets:
+        for target in objects if isinstance(objects, list) else [objects]:
             if isinstance(target, dict):  # ListRelationship items may be {"object": iri}
                 target = target.get("object")
             if isinstance(target, str):
-                yield Quad(subject, predicate, NamedNode(target), graph)
+                out.append(Quad(subject, predicate, NamedNode(target), graph))
     elif kind == "GeoProperty":
-        node = geometry_node(entity_id, attr, instance.get("datasetId"))
+        geometry = geometry_node(subject.value, attr, instance.get("datasetId"))
         wkt = wkt_literal(parse_geometry(instance["value"]))
-        yield Quad(subject, predicate, node, graph)
+        out.append(Quad(subject, predicate, geometry, graph))
         if attr == LOCATION:
-            yield Quad(subject, GEO_HAS_GEOMETRY, node, graph)
-        yield Quad(node, RDF_TYPE, GEO_GEOMETRY, graph)
-        yield Quad(node, GEO_AS_WKT, Literal(wkt, datatype=GEO_WKT_LITERAL), graph)
+            out.append(Quad(subject, GEO_HAS_GEOMETRY, geometry, graph))
+        out.append(Quad(geometry, RDF_TYPE, GEO_GEOMETRY, graph))
+        out.append(Quad(geometry, GEO_AS_WKT, Literal(wkt, datatype=GEO_WKT_LITERAL), graph))
     elif kind == "LanguageProperty":
         for lang, text in (instance.get("languageMap") or {}).items():
             for item in text if isinstance(text, list) else [text]:
-                if lang == "@none":
-                    yield Quad(subject, predicate, Literal(str(item)), graph)
-                else:
-                    yield Quad(subject, predicate, Literal(str(item), language=lang), graph)
+                literal = (
+                    Literal(str(item)) if lang == "@none" else Literal(str(item), language=lang)
+                )
+                out.append(Quad(subject, predicate, literal, graph))
     elif kind == "VocabProperty":
         vocab = instance.get("vocab")
         for item in vocab if isinstance(vocab, list) else [vocab]:
             if isinstance(item, str):
-                yield Quad(subject, predicate, NamedNode(item), graph)
+                out.append(Quad(subject, predicate, node(item), graph))
     elif kind == "JsonProperty":
-        yield Quad(subject, predicate, json_literal(instance.get("json")), graph)
+        out.append(Quad(subject, predicate, json_literal(instance.get("json")), graph))
     else:
         raw = instance.get("valueList") if kind == "ListProperty" else instance.get("value")
-        for item in _values(raw):
-            literal = value_literal(item)
-            if literal is not None:
-                yield Quad(subject, predicate, literal, graph)
+        for item in raw if isinstance(raw, list) else [raw]:  # one triple per array element
+            value = value_literal(item)
+            if value is not None:
+                out.append(Quad(subject, predicate, value, graph))
+    if len(out) == before:
+        out.append(Quad(subject, predicate, EMPTY, graph))
 
 
 def plain_quads(doc: dict[str, Any], graph: str) -> list[Quad]:
     """The researchers' view of one canonical document."""
-    g = NamedNode(graph)
-    entity_id = doc["id"]
-    subject = NamedNode(entity_id)
-    out = [Quad(subject, RDF_TYPE, NamedNode(t), g) for t in doc["type"]]
+    g = node(graph)
+    subject = NamedNode(doc["id"])
+    out = [Quad(subject, RDF_TYPE, node(t), g) for t in doc["type"]]
     out.extend(Quad(subject, SCOPE, Literal(s), g) for s in doc.get("scope", ()))
     for attr, instances in doc.items():
         if not isinstance(instances, list) or attr in ("type", "scope"):
             continue
         for instance in instances:
-            out.extend(instance_objects(entity_id, attr, instance, g))
+            instance_objects(subject, attr, instance, g, out)
     return out
 
 

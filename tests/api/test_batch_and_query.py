@@ -196,9 +196,14 @@ def test_type_expressions_ids_and_patterns(client: TestClient) -> None:
     assert ids(client.get(url, params={"type": "(WasteContainer;Device)|Streetlight"})) == [
         "urn:ngsi-ld:Streetlight:1"
     ]
-    assert ids(
-        client.get(url, params={"id": "urn:ngsi-ld:WasteContainer:2,urn:ngsi-ld:WasteContainer:1"})
-    ) == ["urn:ngsi-ld:WasteContainer:1", "urn:ngsi-ld:WasteContainer:2"]
+    listed = {"id": "urn:ngsi-ld:WasteContainer:2,urn:ngsi-ld:WasteContainer:1,urn:ngsi-ld:X:9"}
+    assert sorted(ids(client.get(url, params={**listed, "count": "true"}))) == [
+        "urn:ngsi-ld:WasteContainer:1",
+        "urn:ngsi-ld:WasteContainer:2",
+    ]
+    assert (
+        client.get(url, params={**listed, "count": "true"}).headers["NGSILD-Results-Count"] == "2"
+    )
     assert len(ids(client.get(url, params={"idPattern": ".*Waste.*:[01]$"}))) == 2
     attrs = client.get(url, params={"type": "WasteContainer", "attrs": "status"}).json()
     assert all(set(e) == {"id", "type", "status"} for e in attrs)
