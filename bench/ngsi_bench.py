@@ -67,6 +67,13 @@ def _profile_path(args: argparse.Namespace, phase: str) -> Path | None:
     return Path(args.profile / f"{phase}.txt")
 
 
+def _save(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Write what is known so far, so a run that dies late still leaves its figures."""
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     scale = scale_for(args.entities)
     results: dict[str, Any] = {
@@ -95,7 +102,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "waste_containers": len(facts.filling_levels),
             }
             log(f"upserted {facts.total} in {upsert.timed_s:.1f} s: {upsert.per_second:.0f}/s")
+            _save(args, results)
             results["get_throughput"] = _get_phase(args, server, facts, work)
+            _save(args, results)
             results["latency"] = []
             chosen = set(args.kinds.split(",")) if args.kinds else None
             for kind in latency.kinds(facts):
@@ -111,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 log(f"{kind.name}: p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms")
                 results["latency"].append(row)
+                _save(args, results)
             results["rss_end"] = machine.memory(server.pid)
             results["load_average_at_end"] = os.getloadavg()
         if not args.skip_raw:
@@ -234,9 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     results = run(args)
     print_table(results)
+    _save(args, results)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
         log(f"results written to {args.out}")
     return 0
 

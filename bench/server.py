@@ -54,6 +54,12 @@ def running_server(data_dir: Path, log: Path, *, start_timeout: float = 120.0) -
             _wait_healthy(proc, base, log, start_timeout)
             yield Server(base=base, pid=proc.pid, log=log)
         finally:
+            code = proc.poll()
+            if code is not None:  # died under us: say how, with its last words
+                print(
+                    f"server exited early with code {code}:\n{log.read_text()[-3000:]}",
+                    file=sys.stderr,
+                )
             proc.terminate()
             try:
                 proc.wait(timeout=60)  # the store flushes on shutdown

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import shapely
 from pyoxigraph import Quad
 
 from twin import ns
@@ -27,7 +28,7 @@ from twin.model import NULL_URI, SYSTEM_MEMBERS
 from twin.query.plan import EntityQuery, plan
 from twin.query.qeval import evaluate
 from twin.query.sparql import iri
-from twin.rdf import dump_document, entity_quads, load_document
+from twin.rdf import dump_document, entity_quads, geometry_owner, load_document
 from twin.store.base import TenantStore
 
 Doc = dict[str, Any]
@@ -115,14 +116,19 @@ class EntityService:
         return hits
 
     def _load_index(self) -> None:
-        rows = self.store.select(
-            "SELECT ?e ?p ?g ?wkt WHERE { ?e ?p ?g . ?g "
-            f"{iri(ns.GEO + 'asWKT')} ?wkt . FILTER(?p != {iri(ns.GEO + 'hasGeometry')}) }}"
-        )
-        for entity, attr, geom_node, wkt in rows:
-            if entity is None or attr is None or geom_node is None or wkt is None:
+        """One scan of `geo:asWKT`: geometry node IRIs name their entity and attribute."""
+        keys: list[tuple[str, str, str]] = []
+        texts: list[str] = []
+        for node, wkt in self.store.select(
+            f"SELECT ?g ?w WHERE {{ ?g {iri(ns.GEO + 'asWKT')} ?w }}"
+        ):
+            owner = geometry_owner(node) if node is not None else None
+            if owner is None or wkt is None:
                 continue
-            self.index.add((entity, attr, geom_node), _from_wkt(wkt))
+            keys.append((owner[0], owner[1], node or ""))
+            texts.append(wkt.split(">", 1)[1].strip() if wkt.startswith("<") else wkt)
+        for key, geom in zip(keys, shapely.from_wkt(texts), strict=True):
+            self.index.add(key, geom)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -413,11 +419,3 @@ def _geo_items(doc: Doc) -> Iterable[tuple[tuple[str, str, str], Any]]:
 
 def _geo_keys(doc: Doc) -> Iterable[tuple[str, str, str]]:
     return (key for key, _ in _geo_items(doc))
-
-
-def _from_wkt(text: str) -> Any:
-    import shapely
-
-    if text.startswith("<"):
-        text = text.split(">", 1)[1]
-    return shapely.from_wkt(text.strip())

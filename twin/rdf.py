@@ -7,9 +7,9 @@ here so that one store transaction always writes the two views together.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote, unquote
 
 import orjson
 from pyoxigraph import Literal, NamedNode, Quad
@@ -52,10 +52,25 @@ def dataset_graph(name: str) -> str:
     return ns.DATASET_PREFIX + name
 
 
+GEOMETRY_PREFIX = "urn:urbis:geometry:"
+
+
 def geometry_node(entity_id: str, attr: str, dataset_id: str | None) -> NamedNode:
-    """Deterministic IRI of a GeoProperty instance's geometry, so rewrites replace it."""
-    key = f"{entity_id}\x00{attr}\x00{dataset_id or ''}".encode()
-    return NamedNode("urn:urbis:geometry:" + hashlib.sha1(key).hexdigest()[:24])
+    """The IRI of a GeoProperty instance's geometry: deterministic, so rewrites replace it, and
+    reversible, so the spatial index rebuilds from one scan of `geo:asWKT` at start."""
+    parts = (entity_id, attr, dataset_id or "")
+    return NamedNode(GEOMETRY_PREFIX + "/".join(quote(p, safe="") for p in parts))
+
+
+def geometry_owner(node_iri: str) -> tuple[str, str, str | None] | None:
+    """(entity id, attribute IRI, datasetId) of a geometry node, None for foreign nodes."""
+    if not node_iri.startswith(GEOMETRY_PREFIX):
+        return None
+    parts = node_iri[len(GEOMETRY_PREFIX) :].split("/")
+    if len(parts) != 3:
+        return None
+    entity_id, attr, dataset_id = (unquote(p) for p in parts)
+    return entity_id, attr, dataset_id or None
 
 
 def json_literal(value: Any) -> Literal:
