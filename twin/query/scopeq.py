@@ -11,10 +11,10 @@ import re
 
 from twin import ns
 from twin.errors import BadRequestData
+from twin.query.boolexpr import parse_boolean
 from twin.query.sparql import iri, string
 
 _SEGMENT = re.compile(r"^[^\s/+#,;()]+$")
-_TOKEN = re.compile(r"\s*([(),;]|[^(),;\s]+)")
 
 
 def scope_regex(pattern: str) -> str:
@@ -39,51 +39,18 @@ def scope_regex(pattern: str) -> str:
 
 def scope_filter(text: str, var: str = "e") -> str:
     """The SPARQL boolean expression of a scope query over `?var`."""
-    tokens = [m.group(1) for m in _TOKEN.finditer(text)]
-    pos = 0
-    if not tokens:
-        raise BadRequestData("scopeQ is empty")
 
     def condition(pattern: str) -> str:
-        regex = scope_regex(pattern)
         return (
             f"EXISTS {{ ?{var} {iri(ns.NGSI_LD + 'scope')} ?scope "
-            f"FILTER(REGEX(STR(?scope), {string(regex)})) }}"
+            f"FILTER(REGEX(STR(?scope), {string(scope_regex(pattern))})) }}"
         )
 
-    def disjunction() -> str:
-        nonlocal pos
-        items = [conjunction()]
-        while pos < len(tokens) and tokens[pos] == ",":
-            pos += 1
-            items.append(conjunction())
-        return items[0] if len(items) == 1 else "(" + " || ".join(items) + ")"
-
-    def conjunction() -> str:
-        nonlocal pos
-        items = [atom()]
-        while pos < len(tokens) and tokens[pos] == ";":
-            pos += 1
-            items.append(atom())
-        return items[0] if len(items) == 1 else "(" + " && ".join(items) + ")"
-
-    def atom() -> str:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise BadRequestData(f"scopeQ {text!r} ends where a scope was expected")
-        token = tokens[pos]
-        pos += 1
-        if token == "(":
-            inner = disjunction()
-            if pos >= len(tokens) or tokens[pos] != ")":
-                raise BadRequestData(f"scopeQ {text!r}: missing ')'")
-            pos += 1
-            return inner
-        if token in "),;":
-            raise BadRequestData(f"scopeQ {text!r}: unexpected {token!r}")
-        return condition(token)
-
-    expr = disjunction()
-    if pos != len(tokens):
-        raise BadRequestData(f"scopeQ {text!r}: unexpected {tokens[pos]!r}")
-    return expr
+    return parse_boolean(
+        text,
+        atom=condition,
+        all_of=lambda items: "(" + " && ".join(items) + ")",
+        any_of=lambda items: "(" + " || ".join(items) + ")",
+        any_ops=",",
+        what="scopeQ",
+    )

@@ -5,14 +5,11 @@ Parsed into a small tree and translated to SPARQL over the `rdf:type` triples.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twin.errors import BadRequestData
+from twin.query.boolexpr import parse_boolean
 from twin.query.sparql import iri
-
-_TOKEN = re.compile(r"\s*([(),;|]|[^(),;|\s]+)")
 
 
 @dataclass(frozen=True)
@@ -34,47 +31,23 @@ TypeExpr = TypeName | TypeAll | TypeAny
 
 
 def parse_types(text: str, expand: Callable[[str], str]) -> TypeExpr:
-    tokens = [m.group(1) for m in _TOKEN.finditer(text)]
-    if not tokens or "".join(tokens) != re.sub(r"\s+", "", text):
-        raise BadRequestData(f"invalid type selection {text!r}")
-    pos = 0
+    def atom(name: str) -> TypeExpr:
+        return TypeName(expand(name))
 
-    def disjunction() -> TypeExpr:
-        nonlocal pos
-        items = [conjunction()]
-        while pos < len(tokens) and tokens[pos] in (",", "|"):
-            pos += 1
-            items.append(conjunction())
-        return items[0] if len(items) == 1 else TypeAny(tuple(items))
+    def all_of(items: list[TypeExpr]) -> TypeExpr:
+        return TypeAll(tuple(items))
 
-    def conjunction() -> TypeExpr:
-        nonlocal pos
-        items = [atom()]
-        while pos < len(tokens) and tokens[pos] == ";":
-            pos += 1
-            items.append(atom())
-        return items[0] if len(items) == 1 else TypeAll(tuple(items))
+    def any_of(items: list[TypeExpr]) -> TypeExpr:
+        return TypeAny(tuple(items))
 
-    def atom() -> TypeExpr:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise BadRequestData(f"type selection {text!r} ends where a type name was expected")
-        token = tokens[pos]
-        pos += 1
-        if token == "(":
-            inner = disjunction()
-            if pos >= len(tokens) or tokens[pos] != ")":
-                raise BadRequestData(f"type selection {text!r}: missing ')'")
-            pos += 1
-            return inner
-        if token in "),;|":
-            raise BadRequestData(f"type selection {text!r}: unexpected {token!r}")
-        return TypeName(expand(token))
-
-    expr = disjunction()
-    if pos != len(tokens):
-        raise BadRequestData(f"type selection {text!r}: unexpected {tokens[pos]!r}")
-    return expr
+    return parse_boolean(
+        text,
+        atom=atom,
+        all_of=all_of,
+        any_of=any_of,
+        any_ops=",|",
+        what="type selection",
+    )
 
 
 def type_names(expr: TypeExpr) -> list[str] | None:
