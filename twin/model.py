@@ -11,10 +11,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pyoxigraph import NamedNode
-
 from twin.errors import BadRequestData
-from twin.geo import parse_geometry
+from twin.geo import GEOMETRY_TYPES, parse_geometry
+from twin.iri import valid_iri
 from twin.terms import Terms
 
 ATTRIBUTE_TYPES = frozenset(
@@ -42,17 +41,7 @@ VALUE_MEMBER = {
 }
 _INFER_ORDER = ("object", "objectList", "languageMap", "vocab", "json", "valueList", "value")
 _MEMBER_TYPE = {member: t for t, member in VALUE_MEMBER.items() if t != "GeoProperty"}
-GEOJSON_TYPES = frozenset(
-    {
-        "Point",
-        "MultiPoint",
-        "LineString",
-        "MultiLineString",
-        "Polygon",
-        "MultiPolygon",
-        "GeometryCollection",
-    }
-)
+GEOJSON_TYPES = frozenset(GEOMETRY_TYPES)
 GEO_ATTRIBUTES = frozenset({"location", "observationSpace", "operationSpace"})
 SYSTEM_MEMBERS = frozenset({"createdAt", "modifiedAt", "deletedAt", "instanceId"})
 INSTANCE_MEMBERS = (
@@ -82,14 +71,8 @@ def now_iso() -> str:
 
 
 def is_uri(value: object) -> bool:
-    """An absolute IRI that the RDF store accepts too (both checks, so they never disagree)."""
-    if not isinstance(value, str) or len(value) >= 2048 or not _URI.match(value):
-        return False
-    try:
-        NamedNode(value)
-    except ValueError:
-        return False
-    return True
+    """An absolute IRI (with a scheme) that the RDF store accepts."""
+    return isinstance(value, str) and bool(_URI.match(value)) and valid_iri(value)
 
 
 def check_uri(value: object, what: str) -> str:

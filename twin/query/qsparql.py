@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-
-from pyoxigraph import NamedNode
 
 from twin import ns
+from twin.iri import valid_iri
 from twin.query.qlang import (
     EQUALITY_OPS,
     INT64,
@@ -40,7 +38,6 @@ from twin.query.qlang import (
 )
 from twin.query.sparql import string
 
-_BAD_IRI = re.compile(r"[\x00-\x20<>\"{}|\\^`]")
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Predicates the store also writes for other purposes than attribute values.
 _RESERVED = frozenset({ns.RDF + "type", ns.GEO + "hasGeometry"})
@@ -55,18 +52,6 @@ class SparqlFilter:
 
     expression: str
     exact: bool
-
-
-@lru_cache(maxsize=4096)
-def _iri_ok(value: str) -> bool:
-    """True when the store could hold `value` as an IRI (and it is safe inside `<...>`)."""
-    if not value or _BAD_IRI.search(value):
-        return False
-    try:
-        NamedNode(value)
-    except ValueError:
-        return False
-    return True
 
 
 def to_sparql(expr: QExpr, *, entity_var: str = "e") -> SparqlFilter:
@@ -119,7 +104,7 @@ class _Translator:
         """The plain triples hold exactly this path's values."""
         attr = path.attr
         reserved = attr in _RESERVED or attr.startswith(ns.URBIS)
-        return path.plain and _iri_ok(attr) and not reserved
+        return path.plain and valid_iri(attr) and not reserved
 
     def translate(self, expr: QExpr) -> SparqlFilter:
         if isinstance(expr, And | Or):
@@ -127,7 +112,7 @@ class _Translator:
             joiner = " && " if isinstance(expr, And) else " || "
             text = "(" + joiner.join(p.expression for p in parts) + ")"
             return SparqlFilter(text, all(p.exact for p in parts))
-        if not _iri_ok(expr.path.attr):
+        if not valid_iri(expr.path.attr):
             # The store cannot hold such an attribute, so no entity has it.
             absent = isinstance(expr, Exists) and expr.negated
             return SparqlFilter("true" if absent else "false", True)
@@ -194,7 +179,7 @@ def _equal_text(var: str, value: str, vocab: str | None) -> tuple[str, bool]:
     ]
     exact = True
     for iri in dict.fromkeys((value, vocab or value)):
-        if _iri_ok(iri):
+        if valid_iri(iri):
             parts.append(f"sameTerm({var}, <{iri}>)")
             exact = exact and not iri.startswith(_GEOMETRY_NODES)  # GeoProperty nodes
     return "(" + " || ".join(parts) + ")", exact

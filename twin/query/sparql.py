@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
-from pyoxigraph import NamedNode
-
 from twin.errors import BadRequestData
-
-_BAD_IRI = re.compile(r"[\x00-\x20<>\"{}|\\^`]")
+from twin.iri import valid_iri
 
 
 def iri(value: str) -> str:
     """`<value>`, refusing characters that would end the IRI and inject SPARQL."""
-    if not value or _BAD_IRI.search(value):
-        raise BadRequestData(f"{value!r} is not a valid IRI")
-    try:
-        NamedNode(value)  # the store's own IRI parser has the last word
-    except ValueError:
-        raise BadRequestData(f"{value!r} is not a valid IRI (expanded from a name?)") from None
+    if not valid_iri(value):
+        raise BadRequestData(f"{value!r} is not a valid IRI (expanded from a name?)")
     return f"<{value}>"
 
 
