@@ -7,6 +7,7 @@ by a lock so that read-modify-write operations (PATCH, append) never lose an upd
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ class EntityService:
             owner = geometry_owner(node) if node is not None else None
             if owner is None or wkt is None:
                 continue
-            keys.append((owner[0], owner[1], node or ""))
+            keys.append(geo_key(*owner))
             texts.append(wkt.split(">", 1)[1].strip() if wkt.startswith("<") else wkt)
         for key, geom in zip(keys, shapely.from_wkt(texts), strict=True):
             self.index.add(key, geom)
@@ -407,14 +408,17 @@ def partial_update(doc: Doc, name: str, patch: list[Doc], *, now: str) -> None:
 # -- spatial index bookkeeping ----------------------------------------------------------------
 
 
-def _geo_items(doc: Doc) -> Iterable[tuple[tuple[str, str, str], Any]]:
-    from twin.rdf import geometry_node
+def geo_key(entity_id: str, attr: str, dataset_id: str | None) -> tuple[str, str, str]:
+    """Spatial index key of one GeoProperty instance; attribute IRIs interned (memory)."""
+    return entity_id, sys.intern(attr), dataset_id or ""
 
+
+def _geo_items(doc: Doc) -> Iterable[tuple[tuple[str, str, str], Any]]:
     for name, instances in attribute_items(doc):
         for inst in instances:
             if inst.get("type") == "GeoProperty":
-                node = geometry_node(doc["id"], name, inst.get("datasetId")).value
-                yield (doc["id"], name, node), parse_geometry(inst["value"])
+                key = geo_key(doc["id"], name, inst.get("datasetId"))
+                yield key, parse_geometry(inst["value"])
 
 
 def _geo_keys(doc: Doc) -> Iterable[tuple[str, str, str]]:
