@@ -30,4 +30,7 @@ class Twin:
             return service
 
     def close(self) -> None:
+        """Drop every reference to the stores, so an embedded store's lock is released."""
+        with self._lock:
+            self._services.clear()
         self.backend.close()
