@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.http import CORE_CONTEXT, link_context
 from api.settings import Settings
@@ -33,7 +34,11 @@ class AppState:
     admin_token: str | None
 
 
-def app_state(request: Request) -> AppState:
+# Dependencies are `async def`: FastAPI runs plain `def` dependencies in a worker thread each,
+# and four thread hops per request cost more than the work they wrap.
+
+
+async def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.urbis
     return state
 
@@ -49,7 +54,7 @@ class Caller:
     anonymous: bool
 
 
-def access_gate(request: Request, state: StateDep) -> Caller:
+async def access_gate(request: Request, state: StateDep) -> Caller:
     """Reads are public; writes need the admin bearer token unless the server runs open."""
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else None
@@ -75,10 +80,14 @@ def tenant_name(request: Request) -> str:
     return check_tenant(name.strip()) if name else DEFAULT_TENANT
 
 
-def tenant_service(request: Request, state: StateDep, _: CallerDep) -> EntityService:
+async def tenant_service(request: Request, state: StateDep, _: CallerDep) -> EntityService:
     """Reads of an unknown tenant fail (NonexistentTenant); writes create it (clause 5.5.7)."""
     create = request.method not in SAFE_METHODS
-    return state.twin.tenant(tenant_name(request), create=create)
+    name = tenant_name(request)
+    if state.twin.is_open(name):
+        return state.twin.tenant(name)
+    # First use opens the store and rebuilds its spatial index: keep that off the event loop.
+    return await run_in_threadpool(lambda: state.twin.tenant(name, create=create))
 
 
 ServiceDep = Annotated[EntityService, Depends(tenant_service)]
@@ -104,8 +113,13 @@ def resolve_context(state: AppState, value: Any) -> LdContext:
     return LdContext(terms=state.resolver.resolve(value), value=value)
 
 
-def link_context_dep(request: Request, state: StateDep) -> LdContext:
-    return resolve_context(state, link_context(request))
+async def link_context_dep(request: Request, state: StateDep) -> LdContext:
+    """Cached contexts resolve in place; a fetch goes to a worker thread, off the event loop."""
+    value = link_context(request)
+    terms = state.resolver.cached(value)
+    if terms is None:
+        terms = await run_in_threadpool(state.resolver.resolve, value)
+    return LdContext(terms=terms, value=value)
 
 
 ContextDep = Annotated[LdContext, Depends(link_context_dep)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import resource
@@ -104,6 +105,16 @@ class CpuMeter:
             "bench_cores": round(bench / wall, 2),
             "other_cores": round(max(0.0, busy - server - bench) / wall, 2),
         }
+
+
+def source_digest(root: Path, packages: tuple[str, ...] = ("api", "twin", "ontology")) -> str:
+    """A fingerprint of the code under test, since a run may not match any commit."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".jsonld"):
+                digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def disk_bytes(path: Path) -> int:

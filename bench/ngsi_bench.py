@@ -20,8 +20,10 @@ from typing import Any
 
 import orjson
 
+from api.app import build_state
+from api.settings import Settings
 from bench import latency, loading, machine, profiling, throughput
-from bench.server import running_server
+from bench.server import REPO, running_server
 from bench.workload import Facts, scale_for
 
 MILLION = 1_000_000
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.machine_facts(),
+        "source_digest": machine.source_digest(REPO),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "demo_scale": scale,
         "load_average_at_start": os.getloadavg(),
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["load_average_at_end"] = os.getloadavg()
         if not args.skip_raw:
             results["raw_oxigraph"] = _raw_phase(args, scale, server.context_url, work)
+    results["source_changed_during_run"] = machine.source_digest(REPO) != results["source_digest"]
     if args.profile is not None:
         results["profiles"] = {
             p.stem: profiling.summarise(p) for p in sorted(args.profile.glob("*.txt"))
@@ -147,9 +151,6 @@ def _get_phase(args: argparse.Namespace, server: Any, facts: Facts, work: Path) 
 def _raw_phase(
     args: argparse.Namespace, scale: int, context_url: str, work: Path
 ) -> dict[str, Any]:
-    from api.app import build_state
-    from api.settings import Settings
-
     state = build_state(Settings(open=True))
     try:
         terms = state.resolver.resolve(context_url)

@@ -746,29 +746,20 @@ class ContextResolver:
         self._maps: OrderedDict[Hashable, _CachedMap] = OrderedDict()
         self._lock = threading.Lock()
 
+    def cached(self, context: object) -> TermMap | None:
+        """The term map if it is known already (no I/O, so callable from an event loop)."""
+        if context is None:
+            return _CORE_MAP
+        return self._hit(self._key(context))
+
     def resolve(self, context: object) -> TermMap:
         """The term map of a request's @context (None: the core context only)."""
         if context is None:
             return _CORE_MAP
-        if isinstance(context, str):
-            key: Hashable = context
-        else:
-            try:
-                key = orjson.dumps(context, option=orjson.OPT_SORT_KEYS)
-            except TypeError as exc:
-                raise BadRequestData(f"the @context is not valid JSON: {exc}") from None
-        with self._lock:
-            hit = self._maps.get(key)
-            if hit is not None:
-                if hit.expires > time.time() and hit.generation == self.registry.generation:
-                    self._maps.move_to_end(key)
-                else:
-                    del self._maps[key]
-                    hit = None
+        key = self._key(context)
+        hit = self._hit(key)
         if hit is not None:
-            if hit.used:
-                self.registry.touch(hit.used)
-            return hit.terms
+            return hit
         generation = self.registry.generation
         resolved = _Resolved()
         self._collect(context, "the @context", None, (), resolved)
@@ -783,6 +774,28 @@ class ContextResolver:
 
     def close(self) -> None:
         self._client.close()
+
+    @staticmethod
+    def _key(context: object) -> Hashable:
+        if isinstance(context, str):
+            return context
+        try:
+            return orjson.dumps(context, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise BadRequestData(f"the @context is not valid JSON: {exc}") from None
+
+    def _hit(self, key: Hashable) -> TermMap | None:
+        with self._lock:
+            hit = self._maps.get(key)
+            if hit is None:
+                return None
+            if hit.expires <= time.time() or hit.generation != self.registry.generation:
+                del self._maps[key]
+                return None
+            self._maps.move_to_end(key)
+        if hit.used:
+            self.registry.touch(hit.used)
+        return hit.terms
 
     def _collect(
         self, value: object, source: str, base: str | None, chain: tuple[str, ...], out: _Resolved

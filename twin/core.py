@@ -29,6 +29,9 @@ class Twin:
                 self._services[name] = service
             return service
 
+    def is_open(self, name: str) -> bool:
+        return name in self._services
+
     def close(self) -> None:
         """Drop every reference to the stores, so an embedded store's lock is released."""
         with self._lock:

@@ -134,7 +134,7 @@ def _no_attr_get(entity_id: str, attr: str) -> Response:
 
 
 @router.get("/entities/{entity_id:path}")
-def retrieve_entity(
+async def retrieve_entity(  # async: one key lookup, cheaper than a worker-thread hop
     entity_id: str, request: Request, service: ServiceDep, ctx: ContextDep
 ) -> Response:
     check_uri(entity_id, "entity id")
