@@ -113,13 +113,16 @@ def resolve_context(state: AppState, value: Any) -> LdContext:
     return LdContext(terms=state.resolver.resolve(value), value=value)
 
 
-async def link_context_dep(request: Request, state: StateDep) -> LdContext:
+async def resolve_context_async(state: AppState, value: Any) -> LdContext:
     """Cached contexts resolve in place; a fetch goes to a worker thread, off the event loop."""
-    value = link_context(request)
     terms = state.resolver.cached(value)
     if terms is None:
         terms = await run_in_threadpool(state.resolver.resolve, value)
     return LdContext(terms=terms, value=value)
+
+
+async def link_context_dep(request: Request, state: StateDep) -> LdContext:
+    return await resolve_context_async(state, link_context(request))
 
 
 ContextDep = Annotated[LdContext, Depends(link_context_dep)]

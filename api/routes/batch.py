@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api.deps import ServiceDep, StateDep, resolve_context
@@ -97,14 +98,14 @@ def _fragment(reader: EntityReader, item: dict[str, Any]) -> Doc:
 @router.post("/create/", include_in_schema=False)
 async def batch_create(request: Request, state: StateDep, service: ServiceDep) -> Response:
     items, link = await _items(request, state)
-    parsed = _parse(state, request, items, link, _entity)
+    parsed = await run_in_threadpool(_parse, state, request, items, link, _entity)
 
     def create(new: Doc, existing: Doc | None) -> Doc:
         if existing is not None:
             raise AlreadyExists(f"entity {new['id']!r} already exists")
         return new
 
-    result = service.batch(parsed, create)
+    result = await run_in_threadpool(service.batch, parsed, create)
     return _result(result, created=result.success)
 
 
@@ -115,7 +116,7 @@ async def batch_upsert(request: Request, state: StateDep, service: ServiceDep) -
     if opts == {"update", "replace"}:
         raise BadRequestData("options=update and options=replace exclude each other")
     items, link = await _items(request, state)
-    parsed = _parse(state, request, items, link, _entity)
+    parsed = await run_in_threadpool(_parse, state, request, items, link, _entity)
     created: list[str] = []
 
     def upsert(new: Doc, existing: Doc | None) -> Doc:
@@ -133,7 +134,7 @@ async def batch_upsert(request: Request, state: StateDep, service: ServiceDep) -
         new["createdAt"] = existing.get("createdAt", new["createdAt"])
         return new
 
-    result = service.batch(parsed, upsert)
+    result = await run_in_threadpool(service.batch, parsed, upsert)
     created = [c for c in dict.fromkeys(created) if c in result.success]
     return _result(result, created=created)
 
@@ -143,7 +144,7 @@ async def batch_upsert(request: Request, state: StateDep, service: ServiceDep) -
 async def batch_update(request: Request, state: StateDep, service: ServiceDep) -> Response:
     opts = options(request.query_params, frozenset({"noOverwrite"}))
     items, link = await _items(request, state)
-    parsed = _parse(state, request, items, link, _fragment)
+    parsed = await run_in_threadpool(_parse, state, request, items, link, _fragment)
 
     def update(new: Doc, existing: Doc | None) -> Doc:
         if existing is None:
@@ -160,14 +161,14 @@ async def batch_update(request: Request, state: StateDep, service: ServiceDep) -
                 raise ResourceNotFound(f"entity {new['id']!r} has none of: {names}")
         return doc
 
-    return _result(service.batch(parsed, update))
+    return _result(await run_in_threadpool(service.batch, parsed, update))
 
 
 @router.post("/merge")
 @router.post("/merge/", include_in_schema=False)
 async def batch_merge(request: Request, state: StateDep, service: ServiceDep) -> Response:
     items, link = await _items(request, state)
-    parsed = _parse(state, request, items, link, _fragment)
+    parsed = await run_in_threadpool(_parse, state, request, items, link, _fragment)
 
     def merge(patch: Doc, existing: Doc | None) -> Doc:
         if existing is None:
@@ -176,7 +177,7 @@ async def batch_merge(request: Request, state: StateDep, service: ServiceDep) ->
         merge_entity(doc, patch, now=now_iso())
         return doc
 
-    return _result(service.batch(parsed, merge))
+    return _result(await run_in_threadpool(service.batch, parsed, merge))
 
 
 @router.post("/delete")
@@ -210,7 +211,7 @@ async def batch_delete(request: Request, state: StateDep, service: ServiceDep) -
             raise ResourceNotFound(f"entity {_['id']!r} not found")
         return None
 
-    return _result(service.batch(parsed, delete))
+    return _result(await run_in_threadpool(service.batch, parsed, delete))
 
 
 @router.post("/query")
@@ -242,7 +243,7 @@ async def post_query(request: Request, state: StateDep, service: ServiceDep) -> 
         "local": body.get("local"),
     }
     query = entity_query(source, ctx.terms, state.settings)
-    result = service.query(query)
+    result = await run_in_threadpool(service.query, query)
     rendered = render_entities(result.documents, ctx, rep, kind, attrs=query.attrs)
     headers = {}
     if result.total is not None:

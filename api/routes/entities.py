@@ -8,7 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from api.deps import ContextDep, LdContext, ServiceDep, StateDep, resolve_context
+from api.deps import ContextDep, LdContext, ServiceDep, StateDep, resolve_context_async
 from api.http import GEOJSON, JSON, accept, entity_body
 from api.params import (
     entity_query,
@@ -41,7 +41,7 @@ async def _body(request: Request, state: StateDep, *, patch: bool = False) -> tu
         max_depth=state.settings.max_json_depth,
         patch=patch,
     )
-    return body, resolve_context(state, context)
+    return body, await resolve_context_async(state, context)
 
 
 def _object(body: Any, what: str) -> dict[str, Any]:
