@@ -106,7 +106,7 @@ def load(
 
     def flush(batch: list[tuple[str | None, Any]]) -> None:
         nonlocal loaded, failed
-        result = service.batch(batch, lambda new, _old: new, graph=graph)
+        result = service.batch(batch, lambda new, _old: new, graph=graph, bulk=True)
         loaded += len(result.success)
         failed += len(result.errors)
         for entity_id, error in result.errors[:5]:

@@ -133,7 +133,9 @@ class EntityService:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def write(self, changes: Sequence[tuple[Doc | None, Doc | None, str]]) -> None:
+    def write(
+        self, changes: Sequence[tuple[Doc | None, Doc | None, str]], *, bulk: bool = False
+    ) -> None:
         """Replace old documents by new ones (None: absent) in one transaction.
 
         Only the difference between the old and new quads reaches the store, so a PATCH of one
@@ -149,7 +151,7 @@ class EntityService:
             new_quads = set(entity_quads(new, graph)) if new is not None else set()
             remove.extend(old_quads - new_quads)
             add.extend(new_quads - old_quads)
-        self.store.apply(remove, add)
+        self.store.apply(remove, add, bulk=bulk)
         for old, new, _ in changes:
             if old is not None:
                 for key in _geo_keys(old):
@@ -199,6 +201,8 @@ class EntityService:
         items: Iterable[tuple[str | None, Doc | NgsiLdError]],
         operation: Callable[[Doc, Doc | None], Doc | None],
         graph: str = ns.DEFAULT_DATASET,
+        *,
+        bulk: bool = False,
     ) -> BatchResult:
         """Apply `operation(incoming, existing) -> new document or None (delete)` per entity.
 
@@ -228,7 +232,7 @@ class EntityService:
                     continue
                 staged[entity_id] = (before, new, target)
                 result.success.append(entity_id)
-            self.write(list(staged.values()))
+            self.write(list(staged.values()), bulk=bulk)
         return result
 
 

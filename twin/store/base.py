@@ -42,8 +42,11 @@ class TenantStore(ABC):
         """
 
     @abstractmethod
-    def apply(self, remove: Iterable[Quad], add: Iterable[Quad]) -> None:
-        """Delete then insert quads in one transaction: all of it or nothing."""
+    def apply(self, remove: Iterable[Quad], add: Iterable[Quad], *, bulk: bool = False) -> None:
+        """Delete then insert quads in one transaction: all of it or nothing.
+
+        `bulk=True` (offline loads only, `urbis load`) may trade that guarantee for speed.
+        """
 
     @abstractmethod
     def select(self, query: str) -> Iterator[Sequence[str | None]]:

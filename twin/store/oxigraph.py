@@ -41,11 +41,13 @@ class OxigraphTenant(TenantStore):
                 found[entity_id] = (text, graph)
         return found
 
-    def apply(self, remove: Iterable[Quad], add: Iterable[Quad]) -> None:
+    def apply(self, remove: Iterable[Quad], add: Iterable[Quad], *, bulk: bool = False) -> None:
         removed = list(remove)
         added = list(add)
         if not removed:
-            self.store.extend(added)  # transactional
+            # extend is transactional (~2,000 entities/s on disk here); bulk_extend is 2.5x
+            # faster but may leave part of a batch after a crash: offline loads only.
+            (self.store.bulk_extend if bulk else self.store.extend)(added)
             return
         # One SPARQL update is one transaction: the delete and the insert land together.
         self.store.update(
