@@ -1,0 +1,33 @@
+"""Checks on the codebase itself: what users read must match what the code does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        f"URBIS_{n.upper()}" for n in Settings.model_fields if f"URBIS_{n.upper()}" not in readme
+    ]
+    assert not missing, f"README.md does not document {missing}"
+
+
+def test_twin_never_imports_api() -> None:
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "twin").rglob("*.py")
+        if "from api" in p.read_text() or "import api" in p.read_text()
+    ]
+    assert not offenders, offenders
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    blocks = (ROOT / "README.md").read_text().split("```bash\n")
+    assert blocks[1].startswith("pip install -e . && urbis serve --demo")
+    assert blocks[2].startswith("pip install -e '.[test]' && pytest")
+    assert "pytest" in (ROOT / ".ci" / "run").read_text()
