@@ -16,6 +16,7 @@ from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
 from twin.entities import EntityService
 from twin.errors import Unauthorized
+from twin.model import EntityReader
 from twin.store.base import DEFAULT_TENANT, check_tenant
 from twin.terms import Terms
 
@@ -32,6 +33,10 @@ class AppState:
     resolver: ContextResolver
     registry: ContextRegistry
     admin_token: str | None
+
+    def reader(self, terms: Terms, *, now: str | None = None) -> EntityReader:
+        """Reads request entities with this deployment's checks (service area)."""
+        return EntityReader(terms, now=now, area=self.settings.area())
 
 
 # Dependencies are `async def`: FastAPI runs plain `def` dependencies in a worker thread each,

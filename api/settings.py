@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     demo: bool = False
     demo_live_seconds: float = Field(default=5.0, description="Demo update period; 0 disables.")
 
+    service_area: str | None = Field(
+        default=None,
+        description="min lon,min lat,max lon,max lat: refuse points whose swap falls inside.",
+    )
+
     max_body_bytes: int = 8 * 1024 * 1024
     max_json_depth: int = 64
     max_batch_size: int = 5000
@@ -40,7 +45,16 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
-        if self.open and self.admin_token:
-            # Not an error, but worth knowing: the token is then unnecessary.
-            pass
+        self.area()  # refuse a malformed service area at start
         return self
+
+    def area(self) -> tuple[float, float, float, float] | None:
+        if self.service_area is None:
+            return None
+        try:
+            west, south, east, north = (float(x) for x in self.service_area.split(","))
+        except ValueError:
+            raise ValueError("service_area must be 'min lon,min lat,max lon,max lat'") from None
+        if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+            raise ValueError("service_area must be a lon/lat box with min < max")
+        return west, south, east, north

@@ -92,6 +92,27 @@ def check_datetime(value: object, what: str) -> str:
     return value
 
 
+Box = tuple[float, float, float, float]
+
+
+def check_plausible(name: str, lon: float, lat: float, area: Box) -> None:
+    """Refuse a point outside the service area whose swapped coordinates fall inside it.
+
+    FIWARE IoT agents turn a `geo:point` "lat, lon" into GeoJSON [lat, lon] without swapping;
+    trusting it would put a Montpellier sensor in the Indian Ocean.
+    """
+    west, south, east, north = area
+
+    def inside(x: float, y: float) -> bool:
+        return west <= x <= east and south <= y <= north
+
+    if not inside(lon, lat) and inside(lat, lon):
+        raise BadRequestData(
+            f"GeoProperty {name!r}: [{lon}, {lat}] lies outside the service area but "
+            f"[{lat}, {lon}] lies inside it: GeoJSON positions are [longitude, latitude]"
+        )
+
+
 def check_name(name: object, what: str = "attribute name") -> str:
     if not isinstance(name, str) or not name or _NAME_FORBIDDEN.search(name):
         raise BadRequestData(f"invalid {what} {name!r}: no spaces or any of <>\"'=;()")
@@ -101,9 +122,11 @@ def check_name(name: object, what: str = "attribute name") -> str:
 class EntityReader:
     """Turns request bodies into canonical documents with one resolved @context."""
 
-    def __init__(self, terms: Terms, *, now: str | None = None) -> None:
+    def __init__(self, terms: Terms, *, now: str | None = None, area: Box | None = None) -> None:
+        """`area` (min lon, min lat, max lon, max lat) is where this city's things can be."""
         self.terms = terms
         self.now = now or now_iso()
+        self.area = area
 
     # -- entities -----------------------------------------------------------------------
 
@@ -241,7 +264,9 @@ class EntityReader:
                     check_datetime(value["@value"], name)
             return value
         if kind == "GeoProperty":
-            parse_geometry(value, what=f"GeoProperty {name!r}")
+            geometry = parse_geometry(value, what=f"GeoProperty {name!r}")
+            if self.area is not None and geometry.geom_type == "Point":
+                check_plausible(name, geometry.x, geometry.y, self.area)
             return value
         if kind == "Relationship":
             if isinstance(value, list):

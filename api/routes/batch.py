@@ -59,7 +59,7 @@ def _parse(
             if ld and "@context" not in item:
                 raise BadRequestData("with application/ld+json each entity needs an @context")
             ctx = resolve_context(state, item.get("@context") if ld else link)
-            parsed.append((entity_id, read(EntityReader(ctx.terms, now=now), item)))
+            parsed.append((entity_id, read(state.reader(ctx.terms, now=now), item)))
         except NgsiLdError as error:
             parsed.append((entity_id if isinstance(entity_id, str) else None, error))
     return parsed

@@ -69,7 +69,7 @@ def _update_result(result: UpdateResult, ctx: LdContext) -> Response:
 @router.post("/entities/", status_code=201, include_in_schema=False)
 async def create_entity(request: Request, state: StateDep, service: ServiceDep) -> Response:
     body, ctx = await _body(request, state)
-    doc = EntityReader(ctx.terms).entity(_object(body, "an entity"))
+    doc = state.reader(ctx.terms).entity(_object(body, "an entity"))
     service.create(doc)
     return Response(status_code=201, headers={"Location": BASE + quote(doc["id"], safe=":/")})
 
@@ -185,7 +185,7 @@ async def update_entity_attribute(
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state, patch=True)
-    reader = EntityReader(ctx.terms)
+    reader = state.reader(ctx.terms)
     name = ctx.terms.expand(attr)
     patch = reader.instances(attr, _strip_context(body), allow_null=True)
     service.modify(entity_id, lambda doc: partial_update(doc, name, patch, now=reader.now))
@@ -198,7 +198,7 @@ async def replace_entity_attribute(
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state)
-    reader = EntityReader(ctx.terms)
+    reader = state.reader(ctx.terms)
     name = ctx.terms.expand(attr)
     instances = reader.instances(attr, _strip_context(body), allow_null=False)
 
@@ -226,7 +226,7 @@ async def append_entity_attributes(
     check_uri(entity_id, "entity id")
     opts = options(request.query_params, frozenset({"noOverwrite"}))
     body, ctx = await _body(request, state)
-    reader = EntityReader(ctx.terms)
+    reader = state.reader(ctx.terms)
     attrs = reader.attributes(_object(body, "the attributes"), allow_null=False)
     overwrite = "noOverwrite" not in opts
     result = service.modify(
@@ -242,7 +242,7 @@ async def update_entity_attributes(
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state)
-    reader = EntityReader(ctx.terms)
+    reader = state.reader(ctx.terms)
     attrs = reader.attributes(_object(body, "the attributes"), allow_null=False)
     result = service.modify(entity_id, lambda doc: update_attributes(doc, attrs, now=reader.now))
     return _update_result(result, ctx)
@@ -261,7 +261,7 @@ async def replace_entity(
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state)
-    doc = EntityReader(ctx.terms).entity(_object(body, "an entity"), entity_id=entity_id)
+    doc = state.reader(ctx.terms).entity(_object(body, "an entity"), entity_id=entity_id)
     service.replace(entity_id, doc)
     return Response(status_code=204)
 
@@ -272,15 +272,14 @@ async def merge_entity_route(
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state, patch=True)
-    patch = _merge_patch(_object(body, "a merge-patch"), ctx, entity_id)
+    patch = _merge_patch(_object(body, "a merge-patch"), state.reader(ctx.terms), entity_id)
     service.modify(entity_id, lambda doc: merge_entity(doc, patch, now=now_iso()))
     return Response(status_code=204)
 
 
-def _merge_patch(body: dict[str, Any], ctx: LdContext, entity_id: str) -> dict[str, Any]:
+def _merge_patch(body: dict[str, Any], reader: EntityReader, entity_id: str) -> dict[str, Any]:
     if "id" in body and body["id"] != entity_id:
         raise BadRequestData(f"entity id {body['id']!r} does not match the URL ({entity_id!r})")
-    reader = EntityReader(ctx.terms)
     patch: dict[str, Any] = dict(reader.attributes(body, allow_null=True))
     if "type" in body:
         patch["type"] = reader.types(body["type"])

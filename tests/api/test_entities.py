@@ -296,3 +296,29 @@ def test_delete_entity(client: TestClient) -> None:
     problem(client.get(url), 404, "ResourceNotFound")
     problem(client.delete(url), 404, "ResourceNotFound")
     problem(client.get("/ngsi-ld/v1/entities/not%20a%20uri"), 400, "BadRequestData")
+
+
+def test_swapped_coordinates_are_refused_inside_a_service_area(settings: Any) -> None:
+    from api.app import create_app
+
+    settings.service_area = "3.7,43.5,4.0,43.7"  # Montpellier
+    with TestClient(
+        create_app(settings), headers={"Authorization": "Bearer test-admin-token"}
+    ) as c:
+        swapped = {
+            "id": "urn:a:1",
+            "type": "T",
+            "location": {"type": "Point", "coordinates": [43.61, 3.87]},
+        }
+        detail = problem(c.post("/ngsi-ld/v1/entities", json=swapped), 400, "BadRequestData")[
+            "detail"
+        ]
+        assert "[longitude, latitude]" in detail
+        right = {**swapped, "location": {"type": "Point", "coordinates": [3.87, 43.61]}}
+        assert c.post("/ngsi-ld/v1/entities", json=right).status_code == 201
+        elsewhere = {
+            "id": "urn:a:2",
+            "type": "T",
+            "location": {"type": "Point", "coordinates": [2.35, 48.85]},
+        }
+        assert c.post("/ngsi-ld/v1/entities", json=elsewhere).status_code == 201  # far, not swapped
