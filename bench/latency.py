@@ -147,7 +147,7 @@ def kinds(facts: Facts) -> list[Kind]:
         return make
 
     return [
-        Kind("get_by_id", "GET /entities/{random id}", None, get_by_id),
+        Kind("get_by_id", "GET /entities/{random id}, one at a time", None, get_by_id),
         Kind("q_limit100", "type=WasteContainer&q=fillingLevel>t&limit=100", 50, filling(False)),
         Kind("q_count", "same, count=true", None, filling(True)),
         Kind(

@@ -10,7 +10,7 @@ import gc
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import httpx
 import orjson
 from pyoxigraph import Store
 
-from bench.machine import CpuMeter
+from bench.machine import CpuMeter, memory
 from bench.server import Server
 from bench.workload import Facts, batches
 from twin.model import EntityReader, now_iso
@@ -37,6 +37,8 @@ class LoadResult:
     cpu: dict[str, float] | None = None  # cores used per party (machine.CpuMeter)
     body_bytes: int = 0
     quads: int = 0
+    rss_trace: list[tuple[int, int]] = field(default_factory=list)  # (entities, server VmRSS)
+    stopped: str | None = None  # why the load ended before the city did
 
     @property
     def per_second(self) -> float:
@@ -46,8 +48,14 @@ class LoadResult:
         return {**self.__dict__, "entities_per_s": round(self.per_second, 1)}
 
 
-def http_upsert(server: Server, scale: int, batch_size: int, facts: Facts) -> LoadResult:
-    """POST every batch to /entityOperations/upsert and fill `facts` on the way."""
+def http_upsert(
+    server: Server, scale: int, batch_size: int, facts: Facts, *, max_rss: int
+) -> LoadResult:
+    """POST every batch to /entityOperations/upsert and fill `facts` on the way.
+
+    Stops early once the server's resident memory passes `max_rss` bytes: the machine is
+    shared, and a server that big has already answered the memory question.
+    """
     headers = {"Content-Type": "application/json", "Link": server.link}
     result = LoadResult(entities=0, batches=0, timed_s=0.0, wall_s=0.0)
     meter = CpuMeter(server.pid)
@@ -67,14 +75,23 @@ def http_upsert(server: Server, scale: int, batch_size: int, facts: Facts) -> Lo
             result.entities += len(batch)
             result.batches += 1
             result.body_bytes += len(body)
+            rss = memory(server.pid)["VmRSS"]
+            if result.batches % 10 == 0:
+                result.rss_trace.append((result.entities, rss))
+            if rss > max_rss:
+                result.stopped = f"server RSS {rss / 2**30:.2f} GiB passed the --max-rss-gib guard"
+                break
     result.wall_s = time.perf_counter() - wall
     result.cpu = meter.stop()
     facts.sort()
     return result
 
 
-def raw_store_load(terms: Terms, scale: int, batch_size: int, work_dir: Path) -> LoadResult:
-    """`Store(path).extend(quads)` per batch, with the quads the API would write for it."""
+def raw_store_load(
+    terms: Terms, scale: int, batch_size: int, work_dir: Path, *, limit: int
+) -> LoadResult:
+    """`Store(path).extend(quads)` per batch, with the quads the API wrote for the first
+    `limit` entities."""
     reader = EntityReader(terms, now=now_iso())
     graph = dataset_graph("default")
     path = Path(tempfile.mkdtemp(prefix="raw-oxigraph-", dir=work_dir))
@@ -83,6 +100,8 @@ def raw_store_load(terms: Terms, scale: int, batch_size: int, work_dir: Path) ->
     try:
         store = Store(str(path))
         for batch in batches(scale, batch_size):
+            if result.entities >= limit:
+                break
             quads = [q for entity in batch for q in entity_quads(reader.entity(entity), graph)]
             start = time.perf_counter()
             store.extend(quads)

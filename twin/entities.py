@@ -29,6 +29,7 @@ from twin.model import NULL_URI, SYSTEM_MEMBERS
 from twin.query.plan import EntityQuery, plan
 from twin.query.qeval import evaluate
 from twin.query.sparql import iri
+from twin.query.typeexpr import type_names
 from twin.rdf import dump_document, entity_quads, geometry_owner, load_document
 from twin.store.base import TenantStore
 
@@ -82,6 +83,8 @@ class EntityService:
         hits = self._geo_hits(query.geo) if query.geo is not None else None
         if hits is not None and not hits:
             return QueryResult([], 0 if query.count else None)
+        if hits is not None and _only_types(query):
+            return self._geo_by_type(query, hits)
         sparql = plan(query, hits)
         if sparql.exact:
             total = self.store.count(sparql.count()) if query.count else None
@@ -107,6 +110,17 @@ class EntityService:
                     matched.append(batch[entity_id][0])
         total = len(matched) if query.count else None
         return QueryResult(matched[query.offset : query.offset + query.limit], total)
+
+    def _geo_by_type(self, query: EntityQuery, hits: set[str]) -> QueryResult:
+        """geoQ and types only: check each hit's type by key (measured: joining a VALUES
+        block of 4k geo hits with the type in SPARQL cost 443 ms)."""
+        if query.types is not None:
+            hits = self.store.having_type(hits, type_names(query.types) or [])
+        ordered = sorted(hits)
+        total = len(ordered) if query.count else None
+        page = ordered[query.offset : query.offset + query.limit]
+        docs = self.get_many(page)
+        return QueryResult([docs[i][0] for i in page if i in docs], total)
 
     def _geo_hits(self, query: GeoQuery) -> set[str]:
         """Entities whose `geoproperty` matches, from the spatial index (never a scan)."""
@@ -427,3 +441,11 @@ def _geo_items(doc: Doc) -> Iterable[tuple[tuple[str, str, str], Any]]:
 
 def _geo_keys(doc: Doc) -> Iterable[tuple[str, str, str]]:
     return (key for key, _ in _geo_items(doc))
+
+
+def _only_types(query: EntityQuery) -> bool:
+    """A geo-query whose only other condition is a plain list of types."""
+    others = (query.ids, query.id_pattern, query.attrs, query.q, query.scope, query.selectors)
+    if any(x for x in others):
+        return False
+    return query.types is None or type_names(query.types) is not None

@@ -56,6 +56,10 @@ class TenantStore(ABC):
         """
 
     @abstractmethod
+    def having_type(self, ids: Iterable[str], types: Sequence[str]) -> set[str]:
+        """The ids whose entity has one of `types` (geoQ hits filtered by type)."""
+
+    @abstractmethod
     def count(self, query: str) -> int:
         """The single integer a `SELECT (COUNT(...) AS ?n)` query returns."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from pyoxigraph import BlankNode, Literal, NamedNode, Quad, QuerySolutions, Store, Triple
 
 from twin.errors import NonexistentTenant
-from twin.rdf import ENTITIES_GRAPH, URBIS_DATASET, URBIS_DOCUMENT
+from twin.rdf import ENTITIES_GRAPH, RDF_TYPE, URBIS_DATASET, URBIS_DOCUMENT
 from twin.store.base import DEFAULT_TENANT, StoreBackend, TenantStore, check_tenant
 
 DEFAULT_DIR = "_default"
@@ -72,6 +72,19 @@ class OxigraphTenant(TenantStore):
         width = len(result.variables)
         for solution in result:
             yield [_lexical(solution[i]) for i in range(width)]
+
+    def having_type(self, ids: Iterable[str], types: Sequence[str]) -> set[str]:
+        # One index lookup per id: measured 65-95 ms for 4k ids, where a SPARQL VALUES join
+        # took 0.4-1.5 s and materialising every entity of the type 0.2 s.
+        wanted = [NamedNode(t) for t in types]
+        return {
+            entity_id
+            for entity_id in ids
+            if any(
+                next(self.store.quads_for_pattern(NamedNode(entity_id), RDF_TYPE, t), None)
+                for t in wanted
+            )
+        }
 
     def count(self, query: str) -> int:
         for row in self.select(query):
