@@ -46,6 +46,12 @@ def build_state(settings: Settings) -> AppState:
     )
 
 
+def _open_tenants(state: AppState) -> None:
+    for name in state.twin.backend.tenants():
+        service = state.twin.tenant(name)
+        log.info("tenant %r ready: %d geometries indexed", name or "(default)", len(service.index))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = build_state(settings)
@@ -55,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         live: asyncio.Task[None] | None = None
         if settings.open:
             log.warning("*** URBIS RUNS OPEN: anyone who reaches it can read and write ***")
+        # Open every tenant (and rebuild its spatial index) before the first request, not in it.
+        await asyncio.to_thread(_open_tenants, state)
         if settings.demo:
             from api.demo import load_demo, run_live_demo
 
