@@ -37,7 +37,7 @@ def render_entities(
     entities = [writer.entity(d, attrs=attrs, pick=pick, omit=omit) for d in docs]
     if kind == GEOJSON:
         geo_iri = geometry_property or "https://uri.etsi.org/ngsi-ld/location"
-        features = [_feature(d, e, geo_iri, ctx) for d, e in zip(docs, entities, strict=True)]
+        features = [_feature(d, e, geo_iri) for d, e in zip(docs, entities, strict=True)]
         return {"type": "FeatureCollection", "features": features}
     if kind == JSONLD:
         for entity in entities:
@@ -45,7 +45,7 @@ def render_entities(
     return entities
 
 
-def _feature(doc: Doc, entity: Doc, geo_iri: str, ctx: LdContext) -> Doc:
+def _feature(doc: Doc, entity: Doc, geo_iri: str) -> Doc:
     """A GeoJSON Feature (clause 4.5.16): the geometry is the chosen GeoProperty's value."""
     geometry = None
     for inst in doc.get(geo_iri, []):

@@ -25,7 +25,7 @@ from twin.errors import (
     TooComplexQuery,
 )
 from twin.geo import GeoQuery, SpatialIndex, parse_geometry
-from twin.model import NULL_URI, SYSTEM_MEMBERS
+from twin.model import NULL_URI, SYSTEM_MEMBERS, VALUE_MEMBER
 from twin.query.plan import EntityQuery, plan
 from twin.query.qeval import evaluate
 from twin.query.sparql import iri
@@ -34,6 +34,7 @@ from twin.rdf import dump_document, entity_quads, geometry_owner, load_document
 from twin.store.base import TenantStore
 
 Doc = dict[str, Any]
+VALUE_MEMBERS = frozenset(VALUE_MEMBER.values())
 
 
 @dataclass
@@ -321,7 +322,7 @@ def merge_instance(old: Doc, patch: Doc) -> Doc | None:
         return None
     merged = dict(old)
     if patch.get("type") and patch["type"] != old.get("type"):
-        merged = {k: v for k, v in merged.items() if k not in _value_members()}
+        merged = {k: v for k, v in merged.items() if k not in VALUE_MEMBERS}
     for key, value in patch.items():
         if key == "createdAt":
             continue
@@ -377,11 +378,7 @@ def merge_entity(doc: Doc, patch: Doc, *, now: str) -> None:
 
 
 def _is_null(inst: Doc) -> bool:
-    return any(inst.get(m) == NULL_URI for m in _value_members())
-
-
-def _value_members() -> tuple[str, ...]:
-    return ("value", "object", "objectList", "languageMap", "vocab", "json", "valueList")
+    return any(inst.get(m) == NULL_URI for m in VALUE_MEMBERS)
 
 
 def delete_attribute(doc: Doc, name: str, *, dataset_id: str | None, delete_all: bool) -> None:

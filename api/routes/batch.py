@@ -10,13 +10,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api.deps import ServiceDep, StateDep, resolve_context
-from api.http import JSON, JSONLD, accept, entity_body, media_type
-from api.params import entity_query, options, representation
+from api.http import JSON, JSONLD, UnsupportedMediaType, accept, entity_body, media_type, read_json
+from api.params import boolean, entity_query, integer, options, representation
 from api.render import entity_response, render_entities
 from api.responses import json_response
 from twin.entities import (
     BatchResult,
     append_attributes,
+    attribute_items,
     merge_entity,
     update_attributes,
 )
@@ -126,9 +127,7 @@ async def batch_upsert(request: Request, state: StateDep, service: ServiceDep) -
         if "update" in opts:  # FIWARE IoT agents: add or overwrite the attributes sent
             doc = dict(existing)
             doc["type"] = list(dict.fromkeys(existing["type"] + new["type"]))
-            attrs = {
-                k: v for k, v in new.items() if isinstance(v, list) and k not in ("type", "scope")
-            }
+            attrs = dict(attribute_items(new))
             append_attributes(doc, attrs, overwrite=True, now=new["modifiedAt"])
             return doc
         new["createdAt"] = existing.get("createdAt", new["createdAt"])
@@ -150,7 +149,7 @@ async def batch_update(request: Request, state: StateDep, service: ServiceDep) -
         if existing is None:
             raise ResourceNotFound(f"entity {new['id']!r} not found")
         doc = dict(existing)
-        attrs = {k: v for k, v in new.items() if isinstance(v, list) and k not in ("type", "scope")}
+        attrs = dict(attribute_items(new))
         now = now_iso()
         if "noOverwrite" in opts:
             append_attributes(doc, attrs, overwrite=False, now=now)
@@ -185,11 +184,7 @@ async def batch_merge(request: Request, state: StateDep, service: ServiceDep) ->
 async def batch_delete(request: Request, state: StateDep, service: ServiceDep) -> Response:
     kind = media_type(request)
     if kind not in (JSON, JSONLD):
-        from api.http import UnsupportedMediaType
-
         raise UnsupportedMediaType("a batch delete body is a JSON array of entity ids")
-    from api.http import read_json
-
     body = await read_json(
         request, max_bytes=state.settings.max_body_bytes, max_depth=state.settings.max_json_depth
     )
@@ -206,9 +201,9 @@ async def batch_delete(request: Request, state: StateDep, service: ServiceDep) -
         except NgsiLdError as error:
             parsed.append((item if isinstance(item, str) else None, error))
 
-    def delete(_: Doc, existing: Doc | None) -> None:
+    def delete(target: Doc, existing: Doc | None) -> None:
         if existing is None:
-            raise ResourceNotFound(f"entity {_['id']!r} not found")
+            raise ResourceNotFound(f"entity {target['id']!r} not found")
         return None
 
     return _result(await run_in_threadpool(service.batch, parsed, delete))
@@ -226,7 +221,6 @@ async def post_query(request: Request, state: StateDep, service: ServiceDep) -> 
     params = request.query_params
     kind = accept(request)
     rep = representation(params)
-    from api.params import boolean, integer
 
     selectors = body.get("entities")
     if selectors is not None and not isinstance(selectors, list):

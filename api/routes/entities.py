@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api.deps import ContextDep, LdContext, ServiceDep, StateDep, resolve_context_async
-from api.http import GEOJSON, JSON, accept, entity_body
+from api.errors import problem_response
+from api.http import GEOJSON, accept, entity_body
 from api.params import (
     entity_query,
     expanded_names,
@@ -27,7 +28,7 @@ from twin.entities import (
     partial_update,
     update_attributes,
 )
-from twin.errors import BadRequestData, ResourceNotFound
+from twin.errors import BadRequestData, OperationNotSupported, ResourceNotFound
 from twin.model import EntityReader, check_uri, now_iso
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["entities"])
@@ -123,9 +124,6 @@ def _page_links(request: Request, offset: int, limit: int, returned: int, total:
 
 @router.get("/entities/{entity_id:path}/attrs/{attr}", include_in_schema=False)
 def _no_attr_get(entity_id: str, attr: str) -> Response:
-    from api.errors import problem_response
-    from twin.errors import OperationNotSupported
-
     return problem_response(
         OperationNotSupported(
             "GET of a single attribute is not defined; GET the entity with attrs="
@@ -286,6 +284,3 @@ def _merge_patch(body: dict[str, Any], reader: EntityReader, entity_id: str) -> 
     if "scope" in body:
         patch["scope"] = reader.scope(body["scope"])
     return patch
-
-
-__all__ = ["JSON", "router"]
