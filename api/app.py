@@ -14,17 +14,37 @@ from starlette.responses import Response
 from api import errors
 from api.deps import AppState
 from api.responses import json_response
-from api.routes import batch, contexts, discovery, entities
+from api.routes import (
+    batch,
+    contexts,
+    csources,
+    datasets,
+    discovery,
+    entities,
+    sources,
+    sparql,
+    subscriptions,
+)
 from api.settings import Settings
 from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
+from twin.store.base import StoreBackend
 from twin.store.oxigraph import OxigraphBackend
 
 log = logging.getLogger("urbis")
 
 
+def build_backend(settings: Settings) -> StoreBackend:
+    """The embedded store, or a remote SPARQL engine (URBIS_STORE=sparql)."""
+    if settings.store == "sparql":
+        from twin.store.sparql import SparqlBackend  # type: ignore[import-not-found,unused-ignore]
+
+        return SparqlBackend.from_settings(settings)  # type: ignore[no-any-return,unused-ignore]
+    return OxigraphBackend(settings.data_dir)
+
+
 def build_state(settings: Settings) -> AppState:
-    backend = OxigraphBackend(settings.data_dir)
+    backend = build_backend(settings)
     registry = ContextRegistry(settings.data_dir / "contexts" if settings.data_dir else None)
     resolver = ContextResolver(
         fetch_timeout=settings.context_fetch_timeout,
@@ -86,7 +106,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.urbis = state
     errors.install(app)
-    for module in (entities, batch, discovery, contexts):
+    for module in (
+        entities,
+        batch,
+        discovery,
+        contexts,
+        subscriptions,
+        csources,
+        sparql,
+        datasets,
+        sources,
+    ):
         app.include_router(module.router)
 
     @app.get("/health", tags=["admin"])

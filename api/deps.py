@@ -80,6 +80,16 @@ async def access_gate(request: Request, state: StateDep) -> Caller:
 CallerDep = Annotated[Caller, Depends(access_gate)]
 
 
+async def admin_only(caller: CallerDep) -> Caller:
+    """Admin operations (sources, SPARQL Update, dumps) need the admin token, even to read."""
+    if not caller.admin:
+        raise Unauthorized("this operation needs 'Authorization: Bearer <admin token>'")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(admin_only)]
+
+
 def tenant_name(request: Request) -> str:
     name = request.headers.get("ngsild-tenant") or request.headers.get("fiware-service")
     return check_tenant(name.strip()) if name else DEFAULT_TENANT

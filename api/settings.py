@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,11 +42,39 @@ class Settings(BaseSettings):
     context_cache_ttl: float = 3600.0
     allow_remote_contexts: bool = True
 
+    # -- store backend (twin/store) --------------------------------------------------------
+    store: Literal["oxigraph", "sparql"] = Field(
+        default="oxigraph", description="Embedded pyoxigraph, or a remote SPARQL 1.1 engine."
+    )
+    sparql_url: str | None = Field(
+        default=None, description="Remote engine's query endpoint (URBIS_STORE=sparql)."
+    )
+    sparql_update_url: str | None = Field(
+        default=None, description="Remote update endpoint; default: the query URL."
+    )
+    sparql_store_url: str | None = Field(
+        default=None, description="Remote Graph Store Protocol endpoint, if it has one."
+    )
+    sparql_user: str | None = None
+    sparql_password: SecretStr | None = None
+
+    # -- SPARQL endpoint (/sparql) ---------------------------------------------------------
+    sparql_timeout: float = Field(default=30.0, description="Seconds before a query is stopped.")
+    sparql_max_rows: int = Field(default=1_000_000, description="Rows or triples per result.")
+    sparql_max_query_length: int = Field(default=100_000, description="Characters per query.")
+
+    # -- connectors (connectors/) ----------------------------------------------------------
+    sources_dir: Path | None = Field(
+        default=None, description="Source definitions (TOML); default: <data dir>/sources."
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
         self.area()  # refuse a malformed service area at start
+        if self.store == "sparql" and not self.sparql_url:
+            raise ValueError("URBIS_STORE=sparql needs URBIS_SPARQL_URL")
         return self
 
     def area(self) -> tuple[float, float, float, float] | None:

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
-from pyoxigraph import Quad
+from pyoxigraph import Quad, QueryBoolean, QuerySolutions, QueryTriples, Triple
 
 from twin.errors import BadRequestData
 
 DEFAULT_TENANT = ""
+# What a SPARQL query answers: solutions (SELECT), a boolean (ASK) or triples (CONSTRUCT,
+# DESCRIBE). A remote backend parses its engine's answer into the same pyoxigraph types
+# (`pyoxigraph.parse_query_results`, `pyoxigraph.parse`), so the endpoint serialises one way.
+SparqlResult = QuerySolutions | QueryBoolean | QueryTriples | Iterator[Triple]
+CustomFunction = Callable[..., Any]
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -62,6 +68,37 @@ class TenantStore(ABC):
     @abstractmethod
     def count(self, query: str) -> int:
         """The single integer a `SELECT (COUNT(...) AS ?n)` query returns."""
+
+    # -- researchers' access (issue 3): /sparql, exports -----------------------------------
+
+    def sparql(
+        self,
+        query: str,
+        *,
+        default_graphs: Sequence[str] | None = None,
+        named_graphs: Sequence[str] | None = None,
+        custom_functions: Mapping[str, CustomFunction] | None = None,
+        timeout: float | None = None,
+    ) -> SparqlResult:
+        """Any SPARQL 1.1 query, lazily: the default graph is the union of the tenant's graphs
+        unless `default_graphs` names them (SPARQL Protocol `default-graph-uri`).
+
+        Called by /sparql. Raises twin.errors.InvalidRequest-style errors for bad queries and a
+        timeout error when `timeout` seconds pass: the work must really stop.
+        """
+        raise NotImplementedError
+
+    def sparql_update(self, update: str, *, timeout: float | None = None) -> None:
+        """A SPARQL 1.1 Update, atomically. Called by the admin-only update endpoint."""
+        raise NotImplementedError
+
+    def graphs(self) -> list[str]:
+        """The tenant's named graphs (datasets, documents, metadata). Called by exports."""
+        raise NotImplementedError
+
+    def dump(self, graph: str | None = None) -> Iterator[Quad]:
+        """Every quad of the tenant, or of one graph, streamed. Called by `urbis export`."""
+        raise NotImplementedError
 
     @abstractmethod
     def close(self) -> None: ...
