@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import shapely
+
 from twin.errors import InvalidRequest
+from twin.provenance import DatasetInfo
 
 CONTEXT_ID = "urbis-smart-city"
 REFERENCE_NOW = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
@@ -569,6 +572,7 @@ def _streetlight(rng: random.Random, city: _City, n: int) -> Entity:
         "circuit": _prop(f"C-{group:03d}-{rng.randint(1, 9)}"),
         "streetPoleNum": _prop(str(rng.randint(1, 9999))),
         "refStreetlightGroup": _rel("StreetlightGroup", group),
+        "provider": _prop(_vendor("Streetlight", n)),
         "dataProvider": _prop(PROVIDER),
     }
     return entity
@@ -766,6 +770,8 @@ def _device(rng: random.Random, city: _City, kind: str, n: int) -> Entity:
         "batteryLevel": _measure(battery, None, city.now),
         "rssi": _measure(round(rng.uniform(0.3, 1.0), 2), None, city.now),
         "deviceState": _prop("lowBattery" if battery < 0.25 else "ok", observedAt=_iso(city.now)),
+        "provider": _prop(_vendor("Device", number)),
+        "owner": _prop([_OWNERS[kind]]),
         "dateInstalled": _prop(_datetime(installed)),
         "dateFirstUsed": _prop(_datetime(installed + timedelta(days=1))),
         "dateLastCalibration": _prop(_datetime(_days_ago(rng, city, 1, 60))),
@@ -803,6 +809,71 @@ def _alert(rng: random.Random, city: _City, n: int) -> Entity:
     }
 
 
+# Vendors (Smart Data Models `provider`) and operators (`owner`) of the sensors and lamps, picked
+# by a stable hash of the entity number so that the seeded layout above does not change.
+_VENDORS = ("Lumen Systems", "Citelum Tech", "Sensoria")
+_OWNERS = {
+    "WasteContainer": "urn:ngsi-ld:Organization:waste-department",
+    "ParkingSpot": "urn:ngsi-ld:Organization:parking-operator",
+    "AirQualityObserved": "urn:ngsi-ld:Organization:air-quality-agency",
+    "NoiseLevelObserved": "urn:ngsi-ld:Organization:air-quality-agency",
+    "TrafficFlowObserved": "urn:ngsi-ld:Organization:mobility-department",
+    "FloodMonitoring": "urn:ngsi-ld:Organization:river-authority",
+    "WaterObserved": "urn:ngsi-ld:Organization:river-authority",
+}
+# Districts: Voronoi cells of the neighbourhood centres (in degrees, so a point's cell is the
+# district `_district` names), clipped to a box around the demo disc and cut into `scale`
+# latitude bands. They are points of interest of category "district" with a Polygon location.
+_DISTRICT_HALF_SIDE_M = 3300.0
+
+
+def _vendor(kind: str, n: int) -> str:
+    return _VENDORS[int(len(_VENDORS) * _unit(kind, n, "vendor"))]
+
+
+def _district_cells(scale: int) -> list[tuple[str, list[list[float]]]]:
+    """(district name, exterior ring) of every district cell, in a fixed order."""
+    west, south = _offset(CENTRE, -_DISTRICT_HALF_SIDE_M, -_DISTRICT_HALF_SIDE_M)
+    east, north = _offset(CENTRE, _DISTRICT_HALF_SIDE_M, _DISTRICT_HALF_SIDE_M)
+    frame = shapely.box(west, south, east, north)
+    centres = [shapely.Point(lon, lat) for _, lon, lat in _DISTRICTS]
+    cells = shapely.voronoi_polygons(shapely.MultiPoint(centres), extend_to=frame).geoms
+    out = []
+    for (name, _, _), centre in zip(_DISTRICTS, centres, strict=True):
+        cell = next(c for c in cells if c.contains(centre)).intersection(frame)
+        _, low, _, high = cell.bounds
+        for band in range(scale):
+            cut = shapely.box(
+                west,
+                low + (high - low) * band / scale,
+                east,
+                low + (high - low) * (band + 1) / scale,
+            )
+            part = shapely.normalize(cell.intersection(cut))
+            ring = [[round(x, 6), round(y, 6)] for x, y in part.exterior.coords]
+            label = name if scale == 1 else f"{name} {band + 1}"
+            out.append((label, ring))
+    return out
+
+
+def _districts(city: _City) -> Iterator[Entity]:
+    first = city.count("PointOfInterest")
+    for k, (name, ring) in enumerate(_district_cells(city.scale), start=1):
+        yield {
+            "id": entity_id("PointOfInterest", first + k),
+            "type": "PointOfInterest",
+            "name": _prop(name),
+            "location": {
+                "type": "GeoProperty",
+                "value": {"type": "Polygon", "coordinates": [ring]},
+            },
+            "description": _prop("Synthetic district of the Urbis demo city"),
+            "category": _prop(["district"]),
+            "areaServed": _prop(name),
+            "dataProvider": _prop(PROVIDER),
+        }
+
+
 Builder = Callable[[random.Random, _City, int], Entity]
 _BUILDERS: tuple[tuple[str, Builder], ...] = (
     ("PointOfInterest", _point_of_interest),
@@ -836,6 +907,20 @@ def generate(*, seed: int = 42, scale: int = 1, now: datetime | None = None) -> 
             yield _device(rng, city, kind, n)
     for n in range(1, city.count("Alert") + 1):
         yield _alert(rng, city, n)
+    yield from _districts(city)
+
+
+def dataset_info(graph: str) -> DatasetInfo:
+    """What the metadata graph says about the demo city's dataset."""
+    return DatasetInfo(
+        graph=graph,
+        title="Urbis demo city (Montpellier, synthetic)",
+        source="twin/demo.py",
+        connector="demo",
+        publisher=PROVIDER,
+        licence="https://creativecommons.org/publicdomain/zero/1.0/",
+        description="Deterministic synthetic Smart Data Models entities for examples and tests",
+    )
 
 
 def _sample(rng: random.Random, count: int, fraction: float) -> list[int]:

@@ -12,3 +12,5 @@ URBIS = "https://urbis.city/ns#"
 DATASET_PREFIX = "urn:urbis:dataset:"
 ENTITIES_GRAPH = "urn:urbis:graph:entities"
 DEFAULT_DATASET = DATASET_PREFIX + "default"
+# PROV-O/DCAT descriptions of every dataset graph (twin/provenance.py).
+METADATA_GRAPH = "urn:urbis:graph:metadata"
