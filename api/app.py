@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from api import errors
 from api.deps import AppState
+from api.federation import broker_alias
 from api.responses import json_response
 from api.routes import (
     batch,
@@ -28,6 +29,7 @@ from api.routes import (
 from api.settings import Settings
 from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
+from twin.registrations import RegistrationStore
 from twin.store.base import StoreBackend
 from twin.store.oxigraph import OxigraphBackend
 
@@ -57,13 +59,20 @@ def build_state(settings: Settings) -> AppState:
     if not settings.open and not token:
         token = secrets.token_urlsafe(24)
         log.warning("no URBIS_ADMIN_TOKEN set: writes need this generated token: %s", token)
-    return AppState(
+    state = AppState(
         settings=settings,
         twin=Twin(backend, max_scan=settings.max_scan),
         resolver=resolver,
         registry=registry,
         admin_token=token,
+        notifier=subscriptions.build_notifier(settings, resolver),
+        registrations=RegistrationStore(
+            settings.data_dir / "registrations" if settings.data_dir else None
+        ),
+        alias=broker_alias(settings),
     )
+    state.sources = sources.build_manager(state)  # connectors (api/routes/sources.py)
+    return state
 
 
 def _open_tenants(state: AppState) -> None:
@@ -83,19 +92,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("*** URBIS RUNS OPEN: anyone who reaches it can read and write ***")
         # Open every tenant (and rebuild its spatial index) before the first request, not in it.
         await asyncio.to_thread(_open_tenants, state)
+        await asyncio.to_thread(subscriptions.start_notifications, state)
         if settings.demo:
             from api.demo import load_demo, run_live_demo
 
             await asyncio.to_thread(load_demo, state)
             if settings.demo_live_seconds > 0:
                 live = asyncio.create_task(run_live_demo(state, settings.demo_live_seconds))
+        scheduler = None  # the connectors' scheduled syncs (api/routes/sources.py)
+        if settings.sources_scheduler:
+            scheduler = asyncio.create_task(sources.run_scheduler(state))
         try:
             yield
         finally:
-            if live is not None:
-                live.cancel()
-                with suppress(asyncio.CancelledError):
-                    await live
+            for task in (live, scheduler):
+                if task is not None:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
+            await asyncio.to_thread(subscriptions.stop_notifications, state)
+            if state.http is not None:  # the federation's client (api/federation.py)
+                await state.http.aclose()
             state.twin.close()
 
     app = FastAPI(

@@ -29,6 +29,15 @@ def serve(
     demo: Annotated[
         bool, typer.Option("--demo", help="Start on a generated, living demo city.")
     ] = False,
+    store: Annotated[
+        str | None, typer.Option(help="oxigraph (embedded) or sparql (a remote engine).")
+    ] = None,
+    sparql_url: Annotated[
+        str | None, typer.Option(help="Remote engine's query endpoint (--store sparql).")
+    ] = None,
+    sparql_update_url: Annotated[
+        str | None, typer.Option(help="Remote engine's update endpoint (default: query URL).")
+    ] = None,
 ) -> None:
     """Run the NGSI-LD API server."""
     import uvicorn
@@ -50,6 +59,13 @@ def serve(
         overrides["open"] = True
     if demo:
         overrides["demo"] = True
+    for name, value in (
+        ("store", store),
+        ("sparql_url", sparql_url),
+        ("sparql_update_url", sparql_update_url),
+    ):
+        if value is not None:
+            overrides[name] = value
     settings = Settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if settings.open:
@@ -61,7 +77,7 @@ def serve(
         )
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.open:
         typer.secho("WARNING: open access on a non-loopback address.", fg="red", err=True)
-    where = settings.data_dir or "memory"
+    where = settings.sparql_url if settings.store == "sparql" else settings.data_dir or "memory"
     base = f"http://{settings.host}:{settings.port}"
     typer.echo(f"Urbis on {base}/ngsi-ld/v1 (twin: {where})")
     if settings.demo:
@@ -144,10 +160,11 @@ def sparql(
     tenant: Annotated[str, typer.Option(help="NGSI-LD tenant.")] = "",
 ) -> None:
     """Run a SPARQL query against an on-disk twin and print the results as TSV or N-Triples."""
-    from pyoxigraph import QueryBoolean, QuerySolutions, QueryTriples, Store
+    from pyoxigraph import QueryBoolean, QuerySolutions, Store
 
     from api.settings import Settings
-    from twin.store.oxigraph import DEFAULT_DIR
+    from twin.errors import NgsiLdError
+    from twin.store.oxigraph import DEFAULT_DIR, OxigraphTenant
 
     settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
     if settings.data_dir is None:
@@ -157,11 +174,12 @@ def sparql(
     if not path.exists():
         typer.secho(f"no twin at {path}", fg="red", err=True)
         raise typer.Exit(2)
-    store = Store.read_only(str(path))
+    # Read-only, so that it works beside a running server; through the store contract.
+    store = OxigraphTenant(Store.read_only(str(path)), path)
     try:
-        result = store.query(query, use_default_graph_as_union=True)
-    except SyntaxError as exc:
-        typer.secho(f"invalid SPARQL: {exc}", fg="red", err=True)
+        result = store.sparql(query)
+    except NgsiLdError as exc:
+        typer.secho(exc.detail, fg="red", err=True)
         raise typer.Exit(2) from None
     out = sys.stdout
     if isinstance(result, QuerySolutions):
@@ -171,10 +189,22 @@ def sparql(
             out.write("\t".join("" if row[n] is None else str(row[n]) for n in names) + "\n")
     elif isinstance(result, QueryBoolean):
         out.write(("true" if bool(result) else "false") + "\n")
-    elif isinstance(result, QueryTriples):
+    else:
         for triple in result:
             out.write(f"{triple.subject} {triple.predicate} {triple.object} .\n")
 
+
+# Connector sources (api/sources_cli.py): `urbis sources add|list|quarantine`, `urbis sync`.
+from api.sources_cli import sources_app, sync  # noqa: E402
+
+app.add_typer(sources_app, name="sources")
+app.command()(sync)
+
+# Export and backup (api/export_cli.py): `urbis export`, `urbis restore`.
+from api.export_cli import export, restore  # noqa: E402
+
+app.command("export")(export)
+app.command("restore")(restore)
 
 if __name__ == "__main__":
     app()

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import csv
+import json
 import logging
 import random
+import shutil
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from api.deps import AppState
+from connectors.definition import SourceDefinition, parse_definition
 from twin import demo
 from twin.entities import append_attributes
 from twin.model import EntityReader, now_iso
+from twin.provenance import default_dataset_info, describe_dataset
 from twin.store.base import DEFAULT_TENANT
 from twin.terms import Terms
 
@@ -24,18 +32,143 @@ def demo_terms(state: AppState) -> Terms:
     return state.resolver.resolve(state.registry.get(demo.CONTEXT_ID)["@context"])
 
 
+def write_demo_files(directory: Path, *, seed: int = 42) -> tuple[Path, Path]:
+    """The generated city as a vendor would publish it: NGSI-LD GeoJSON and a flat CSV.
+
+    Street lights go to a CSV table (one column per attribute, lon/lat columns), as a GIS
+    department's export would; every other entity to an NGSI-LD GeoJSON FeatureCollection.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    city = directory / "demo-city.geojson"
+    lights = directory / "demo-streetlights.csv"
+    rows: list[dict[str, Any]] = []
+    with city.open("w", encoding="utf-8") as out:
+        out.write('{"type": "FeatureCollection", "features": [\n')
+        first = True
+        for entity in demo.generate(seed=seed):
+            if entity["type"] == "Streetlight":
+                rows.append(_flat(entity))
+                continue
+            feature = {
+                "type": "Feature",
+                "id": entity["id"],
+                "geometry": entity["location"]["value"],
+                "properties": {k: v for k, v in entity.items() if k != "id"},
+            }
+            out.write(("" if first else ",\n") + json.dumps(feature, ensure_ascii=False))
+            first = False
+        out.write("\n]}\n")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with lights.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, delimiter=";")
+        writer.writeheader()
+        writer.writerows(rows)
+    return city, lights
+
+
+def _flat(entity: dict[str, Any]) -> dict[str, Any]:
+    """One street light as a CSV row: plain values, JSON for structured ones, lon/lat."""
+    lon, lat = entity["location"]["value"]["coordinates"]
+    row: dict[str, Any] = {"ref": entity["id"].rsplit("demo-", 1)[1], "lon": lon, "lat": lat}
+    for name, attr in entity.items():
+        if name in ("id", "type", "location"):
+            continue
+        if attr["type"] == "Relationship":
+            row[name] = attr["object"]
+            continue
+        value = attr["value"]
+        if isinstance(value, dict) and "@value" in value:
+            value = value["@value"]
+        row[name] = (
+            json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+        )
+        if "observedAt" in attr:
+            row["observedAt"] = attr["observedAt"]
+    return row
+
+
+def _light_mapping(entity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CSV columns back to Streetlight attributes, with their conversion and unit."""
+    mapping: list[dict[str, Any]] = []
+    for name, attr in entity.items():
+        if name in ("id", "type", "location"):
+            continue
+        item: dict[str, Any] = {"source": name, "attribute": name}
+        if attr["type"] == "Relationship":
+            item["type"] = "Relationship"
+        else:
+            value = attr["value"]
+            if isinstance(value, dict) and value.get("@type") in ("DateTime", "Date"):
+                item["convert"] = "datetime" if value["@type"] == "DateTime" else "date"
+            elif isinstance(value, dict | list):
+                item["convert"] = "json"
+            elif isinstance(value, bool):
+                item["convert"] = "bool"
+            elif isinstance(value, int | float):
+                item["convert"] = type(value).__name__
+            if "unitCode" in attr:
+                item["unit"] = attr["unitCode"]
+        mapping.append(item)
+    return mapping
+
+
+def demo_sources(directory: Path, *, seed: int = 42) -> list[SourceDefinition]:
+    """The demo city's two sources: its files, written into `directory`."""
+    city, lights = write_demo_files(directory, seed=seed)
+    info = demo.dataset_info(DEMO_DATASET)
+    common: dict[str, Any] = {
+        "kind": "file",
+        "context": demo.CONTEXT_ID,
+        "publisher": info.publisher,
+        "licence": info.licence,
+        "description": info.description,
+    }
+    sample = next(e for e in demo.generate(seed=seed) if e["type"] == "Streetlight")
+    return [
+        parse_definition({**common, "id": "demo", "endpoint": str(city), "title": info.title}),
+        parse_definition(
+            {
+                **common,
+                "id": "demo-streetlights",
+                "endpoint": str(lights),
+                "title": "Urbis demo city: street lights (CSV export)",
+                "entity_type": "Streetlight",
+                "id_template": "urn:ngsi-ld:Streetlight:demo-{key}",
+                "key": "ref",
+                "observed_at": "observedAt",
+                "mapping": _light_mapping(sample),
+            }
+        ),
+    ]
+
+
 def load_demo(state: AppState, *, seed: int = 42) -> int:
-    terms = demo_terms(state)
+    """Write the demo city out as files and sync them through the file connector.
+
+    So the demo shows federation at work: each file is a source with its own named graph,
+    provenance, report and quarantine (`GET /sources`). Returns the entities in the twin from
+    those sources. The live readings (`run_live_demo`) are the hook for an MQTT simulator
+    source: replace `apply_updates` by devices publishing to the MQTT connector.
+    """
+    manager = state.sources
+    assert manager is not None
+    data_dir = state.settings.data_dir
+    if data_dir is not None:
+        directory = data_dir / "demo-files"
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="urbis-demo-"))
+        atexit.register(shutil.rmtree, directory, True)
+    total = 0
+    for source in demo_sources(directory, seed=seed):
+        manager.catalog.remember(source)
+        report = manager.sync(source.id)
+        if report.status != "ok" or report.quarantined:
+            log.warning("demo source %s: %s", source.id, report.to_dict())
+        total += report.created + report.updated + report.unchanged
     service = state.twin.tenant(DEFAULT_TENANT, create=True)
-    reader = EntityReader(terms)
-    docs = [reader.entity(e) for e in demo.generate(seed=seed)]
-
-    def upsert(new: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
-        return new
-
-    result = service.batch([(d["id"], d) for d in docs], upsert, graph=DEMO_DATASET)
-    log.info("demo city loaded: %d entities", len(result.success))
-    return len(result.success)
+    describe_dataset(service.store, default_dataset_info(), datetime.now(UTC))
+    log.info("demo city synced from %s: %d entities", directory, total)
+    return total
 
 
 def apply_updates(state: AppState, rng: random.Random) -> int:

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import httpx
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.http import CORE_CONTEXT, link_context
 from api.settings import Settings
+from connectors.sync import SyncManager
 from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
 from twin.entities import EntityService
 from twin.errors import Unauthorized
 from twin.model import EntityReader
+from twin.registrations import RegistrationStore
 from twin.store.base import DEFAULT_TENANT, check_tenant
+from twin.subscriptions import Notifier
 from twin.terms import Terms
 
 log = logging.getLogger("urbis")
@@ -33,6 +37,12 @@ class AppState:
     resolver: ContextResolver
     registry: ContextRegistry
     admin_token: str | None
+    notifier: Notifier | None = None  # NGSI-LD subscriptions' delivery (twin.subscriptions)
+    # Federation (api/federation.py): registrations, this broker's Via alias, the HTTP client.
+    registrations: RegistrationStore = field(default_factory=lambda: RegistrationStore(None))
+    alias: str = "urbis"
+    http: httpx.AsyncClient | None = None
+    sources: SyncManager | None = None  # connectors: definitions, syncs (connectors/sync.py)
 
     def reader(self, terms: Terms, *, now: str | None = None) -> EntityReader:
         """Reads request entities with this deployment's checks (service area)."""

@@ -67,6 +67,30 @@ class Settings(BaseSettings):
     sources_dir: Path | None = Field(
         default=None, description="Source definitions (TOML); default: <data dir>/sources."
     )
+    sources_scheduler: bool = Field(
+        default=True, description="Run the sources' scheduled syncs in the background."
+    )
+
+    # -- subscriptions (twin/subscriptions.py) --------------------------------------------
+    notification_timeout: float = Field(
+        default=5.0, description="Seconds a notification endpoint may take to answer."
+    )
+    notification_queue_size: int = Field(
+        default=10_000, description="Committed writes waiting to be matched; beyond: dropped."
+    )
+
+    # -- federation: context source registrations, distributed queries (docs/federation.md) --
+    federation_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds a context source has to answer a forwarded query."
+    )
+    federation_alias: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="This broker's name in Via headers; default: generated, kept in the data dir.",
+    )
+    federation_max_window: int = Field(
+        default=1000, ge=1, description="Most entities (offset + limit) a distributed query sees."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

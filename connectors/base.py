@@ -59,6 +59,9 @@ class Connector(ABC):
     """Pulls records from one source. One instance per source definition."""
 
     kind: ClassVar[str]  # the `kind` in source definitions, e.g. "wfs"
+    # Optional pydantic model of `source.options`: the framework validates definitions with it
+    # at load time, so a typo in [options] is reported with its field path before any sync.
+    options_model: ClassVar[type[Any] | None] = None
 
     def __init__(self, source: SourceDefinition, secret: str | None = None) -> None:
         self.source = source
