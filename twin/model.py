@@ -230,6 +230,8 @@ class EntityReader:
         """Normalized instances pass through; concise ones get their type (clause 4.5.2)."""
         if isinstance(raw, dict):
             kind = raw.get("type")
+            if kind is not None and not isinstance(kind, str):
+                raise BadRequestData(f"attribute {name!r}: 'type' must be a string, not {kind!r}")
             if kind in ATTRIBUTE_TYPES:
                 return raw
             if (kind in GEOJSON_TYPES and "coordinates" in raw) or kind == "GeometryCollection":

@@ -106,3 +106,11 @@ json_values = st.recursive(
 def test_bodies_never_crash(client: TestClient, body: object, path: str) -> None:
     response = client.post(path, json=body)
     assert response.status_code < 500, (body, response.text)
+
+
+def test_a_list_as_attribute_type_is_a_precise_400(client: TestClient) -> None:
+    """Found by the fuzzer above: an unhashable 'type' once raised a TypeError (500)."""
+    body = {"id": "urn:ngsi-ld:T:list-type", "type": "T", "p": {"type": ["Property"], "value": 1}}
+    response = client.post("/ngsi-ld/v1/entities", json=body)
+    assert response.status_code == 400
+    assert "'type' must be a string" in response.json()["detail"]
