@@ -7,6 +7,7 @@ by a lock so that read-modify-write operations (PATCH, append) never lose an upd
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +34,7 @@ from twin.query.typeexpr import type_names
 from twin.rdf import dump_document, entity_quads, geometry_owner, load_document
 from twin.store.base import TenantStore
 
+log = logging.getLogger("urbis")
 Doc = dict[str, Any]
 VALUE_MEMBERS = frozenset(VALUE_MEMBER.values())
 
@@ -67,6 +69,9 @@ class EntityService:
         self.lock = threading.RLock()
         self.index = SpatialIndex()
         self.max_scan = max_scan
+        # Called with (old, new) document pairs after each committed write, under the write
+        # lock: a listener must only hand the change on (subscriptions' notifier), never block.
+        self.listeners: list[Callable[[Sequence[tuple[Doc | None, Doc | None]]], None]] = []
         self._load_index()
 
     # -- reads ------------------------------------------------------------------------------
@@ -174,6 +179,15 @@ class EntityService:
             if new is not None:
                 for key, geom in _geo_items(new):
                     self.index.add(key, geom)
+        if self.listeners:
+            self._tell_listeners([(old, new) for old, new, _ in changes])
+
+    def _tell_listeners(self, changed: Sequence[tuple[Doc | None, Doc | None]]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(changed)
+            except Exception:  # a listener's bug must never fail a committed write
+                log.exception("entity change listener failed")
 
     def create(self, doc: Doc, graph: str = ns.DEFAULT_DATASET) -> None:
         with self.lock:
