@@ -87,3 +87,14 @@ class PayloadTooLarge(NgsiLdError):
 
 class InternalError(NgsiLdError):
     error_type, status, title = "InternalError", 500, "Internal error"
+
+
+class QueryTimeout(NgsiLdError):
+    """A SPARQL query stopped at its time limit (URBIS_SPARQL_TIMEOUT): the server is fine, the
+    query is too costly. Not an NGSI-LD type; 503 so that clients may retry a cheaper query."""
+
+    error_type, status, title = "QueryTimeout", 503, "Query timeout"
+
+    @property
+    def type_uri(self) -> str:
+        return "https://urbis.city/ns/errors/QueryTimeout"

@@ -79,12 +79,15 @@ class TenantStore(ABC):
         named_graphs: Sequence[str] | None = None,
         custom_functions: Mapping[str, CustomFunction] | None = None,
         timeout: float | None = None,
+        max_rows: int | None = None,
     ) -> SparqlResult:
         """Any SPARQL 1.1 query, lazily: the default graph is the union of the tenant's graphs
         unless `default_graphs` names them (SPARQL Protocol `default-graph-uri`).
 
         Called by /sparql. Raises twin.errors.InvalidRequest-style errors for bad queries and a
-        timeout error when `timeout` seconds pass: the work must really stop.
+        timeout error when `timeout` seconds pass: the work must really stop. With `max_rows`,
+        TooManyResults is raised (here, or while iterating) once the answer has more rows or
+        triples than that: never a silently shortened answer.
         """
         raise NotImplementedError
 

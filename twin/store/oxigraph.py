@@ -9,23 +9,46 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pyoxigraph import BlankNode, Literal, NamedNode, Quad, QuerySolutions, Store, Triple
 
-from twin.errors import NonexistentTenant
+from twin.errors import BadRequestData, NonexistentTenant
 from twin.rdf import ENTITIES_GRAPH, RDF_TYPE, URBIS_DATASET, URBIS_DOCUMENT
-from twin.store.base import DEFAULT_TENANT, StoreBackend, TenantStore, check_tenant
+from twin.sparql_guard import (
+    ForkedPool,
+    QueryRequest,
+    as_result,
+    run_query,
+    start_on_disk,
+    stop_all,
+)
+from twin.store.base import (
+    DEFAULT_TENANT,
+    CustomFunction,
+    SparqlResult,
+    StoreBackend,
+    TenantStore,
+    check_tenant,
+)
 
 DEFAULT_DIR = "_default"
+GUARD_UNLIMITED = 365 * 24 * 3600.0  # a row limit without a time limit
+log = logging.getLogger("urbis")
 
 
 class OxigraphTenant(TenantStore):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, path: Path | None = None) -> None:
         self.store = store
+        self.path = path  # None: in memory
         self._unflushed = 0
+        # Held by every write into the store, and by a query child's fork (or read-only open)
+        # so that no writer is inside the store at that instant (twin/sparql_guard.py).
+        self.write_lock = threading.RLock()
+        self.query_pool = ForkedPool(store, self.write_lock) if path is None else None
 
     def documents(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         found: dict[str, tuple[str, str]] = {}
@@ -47,6 +70,16 @@ class OxigraphTenant(TenantStore):
     def apply(self, remove: Iterable[Quad], add: Iterable[Quad], *, bulk: bool = False) -> None:
         removed = list(remove)
         added = list(add)
+        with self.write_lock:
+            self._apply(removed, added, bulk=bulk)
+            self._changed()
+
+    def _changed(self) -> None:
+        """Warm query workers hold the store as it was: they are stale after a write."""
+        if self.query_pool is not None:
+            self.query_pool.bump()
+
+    def _apply(self, removed: list[Quad], added: list[Quad], *, bulk: bool) -> None:
         if not removed:
             # extend is transactional (~2,000 entities/s on disk here); bulk_extend is 2.5x
             # faster but may leave part of a batch after a crash: offline loads only.
@@ -91,7 +124,71 @@ class OxigraphTenant(TenantStore):
             return int(row[0]) if row[0] is not None else 0
         return 0
 
+    # -- researchers' access (issue 3) ------------------------------------------------------
+
+    def sparql(
+        self,
+        query: str,
+        *,
+        default_graphs: Sequence[str] | None = None,
+        named_graphs: Sequence[str] | None = None,
+        custom_functions: Mapping[str, CustomFunction] | None = None,
+        timeout: float | None = None,
+        max_rows: int | None = None,
+    ) -> SparqlResult:
+        """In-process without limits; in a killable child process with a timeout or row limit
+        (twin/sparql_guard.py), where errors, timeouts and an early-known row limit are raised
+        here, before any result is handed out."""
+        request = QueryRequest(
+            query,
+            default_graphs=default_graphs,
+            named_graphs=named_graphs,
+            custom_functions=dict(custom_functions or {}),
+            max_rows=max_rows,
+        )
+        if timeout is None and max_rows is None:
+            result: SparqlResult = run_query(self.store, request)
+            return result
+        limit = GUARD_UNLIMITED if timeout is None else timeout
+        if self.query_pool is not None:
+            job = self.query_pool.start(request, limit)
+        else:
+            found = start_on_disk(str(self.path), request, self.write_lock, limit)
+            if found is None:  # unpicklable custom functions: no child can run them
+                log.warning("SPARQL query with custom functions runs unguarded (on-disk store)")
+                return run_query(self.store, request)
+            job = found
+        job.start()
+        return as_result(job)
+
+    def sparql_update(self, update: str, *, timeout: float | None = None) -> None:
+        """Atomic (one pyoxigraph transaction). Not interruptible: `timeout` is not enforced,
+        an update must land in this process (admin only; see docs/sparql.md)."""
+        with self.write_lock:
+            try:
+                self.store.update(update)
+            except SyntaxError as error:
+                raise BadRequestData(f"invalid SPARQL update: {error}") from None
+            except ValueError as error:
+                raise BadRequestData(str(error)) from None
+            finally:
+                self._changed()
+            self._written(1)
+
+    def graphs(self) -> list[str]:
+        return sorted(
+            graph.value for graph in self.store.named_graphs() if isinstance(graph, NamedNode)
+        )
+
+    def dump(self, graph: str | None = None) -> Iterator[Quad]:
+        """Lazily, from one snapshot of the store: concurrent writes do not tear the dump."""
+        name = NamedNode(graph) if graph is not None else None
+        yield from self.store.quads_for_pattern(None, None, None, name)
+
     def close(self) -> None:
+        stop_all()
+        if self.query_pool is not None:
+            self.query_pool.close()
         self.store.flush() if hasattr(self.store, "flush") else None
 
 
@@ -158,7 +255,7 @@ class OxigraphBackend(StoreBackend):
             if not create and (path is None or not path.exists()):
                 raise NonexistentTenant(f"tenant {name!r} does not exist; a write creates it")
             store = Store(str(path)) if path is not None else Store()
-            self._tenants[name] = OxigraphTenant(store)
+            self._tenants[name] = OxigraphTenant(store, path)
             return self._tenants[name]
 
     def tenants(self) -> list[str]:
