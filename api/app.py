@@ -88,20 +88,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         live: asyncio.Task[None] | None = None
+        halt_devices = None  # the demo's MQTT device simulator (URBIS_DEMO_MQTT_URL)
         if settings.open:
             log.warning("*** URBIS RUNS OPEN: anyone who reaches it can read and write ***")
         # Open every tenant (and rebuild its spatial index) before the first request, not in it.
         await asyncio.to_thread(_open_tenants, state)
         await asyncio.to_thread(subscriptions.start_notifications, state)
         if settings.demo:
-            from api.demo import load_demo, run_live_demo
+            from api.demo import load_demo, run_live_demo, start_demo_devices
 
             await asyncio.to_thread(load_demo, state)
-            if settings.demo_live_seconds > 0:
+            if settings.demo_live_seconds > 0 and settings.demo_mqtt_url:
+                halt_devices = start_demo_devices(state, settings.demo_mqtt_url)
+            elif settings.demo_live_seconds > 0:
                 live = asyncio.create_task(run_live_demo(state, settings.demo_live_seconds))
         scheduler = None  # the connectors' scheduled syncs (api/routes/sources.py)
         if settings.sources_scheduler:
             scheduler = asyncio.create_task(sources.run_scheduler(state))
+        await asyncio.to_thread(sources.start_live, state)  # MQTT, NGSI-LD (connectors/live.py)
         try:
             yield
         finally:
@@ -110,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     task.cancel()
                     with suppress(asyncio.CancelledError):
                         await task
+            await asyncio.to_thread(sources.stop_live, state)
+            if halt_devices is not None:
+                await asyncio.to_thread(halt_devices)
             await asyncio.to_thread(subscriptions.stop_notifications, state)
             if state.http is not None:  # the federation's client (api/federation.py)
                 await state.http.aclose()

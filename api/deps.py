@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.http import CORE_CONTEXT, link_context
 from api.settings import Settings
+from connectors.live import LiveManager
 from connectors.sync import SyncManager
 from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
@@ -43,6 +44,7 @@ class AppState:
     alias: str = "urbis"
     http: httpx.AsyncClient | None = None
     sources: SyncManager | None = None  # connectors: definitions, syncs (connectors/sync.py)
+    live: LiveManager | None = None  # live sources: MQTT, NGSI-LD (connectors/live.py)
 
     def reader(self, terms: Terms, *, now: str | None = None) -> EntityReader:
         """Reads request entities with this deployment's checks (service area)."""

@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(default=None, description="Bearer token required for writes.")
     demo: bool = False
     demo_live_seconds: float = Field(default=5.0, description="Demo update period; 0 disables.")
+    demo_mqtt_url: str | None = Field(
+        default=None,
+        pattern=r"^(mqtt|tcp)://[A-Za-z0-9.\-\[\]:]+?(:\d{1,5})?/?$",
+        description="mqtt://host:port: the demo's sensors publish there and come back through "
+        "an mqtt source (docs/connectors-live.md); unset: updates are applied directly.",
+    )
 
     service_area: str | None = Field(
         default=None,

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from api.deps import ContextDep, LdContext, ServiceDep, StateDep, resolve_context_async
 from api.errors import problem_response
+from api.federation import WARNING_HEADER, federated_query, federated_retrieve
 from api.http import GEOJSON, accept, entity_body
 from api.params import (
     entity_query,
@@ -30,6 +31,7 @@ from twin.entities import (
 )
 from twin.errors import BadRequestData, OperationNotSupported, ResourceNotFound
 from twin.model import EntityReader, check_uri, now_iso
+from twin.query.typeexpr import parse_types
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["entities"])
 BASE = "/ngsi-ld/v1/entities/"
@@ -77,7 +79,7 @@ async def create_entity(request: Request, state: StateDep, service: ServiceDep) 
 
 @router.get("/entities")
 @router.get("/entities/", include_in_schema=False)
-def query_entities(
+async def query_entities(
     request: Request, state: StateDep, service: ServiceDep, ctx: ContextDep
 ) -> Response:
     params = request.query_params
@@ -85,7 +87,7 @@ def query_entities(
     rep = representation(params)
     source = query_source(params, state.settings)
     query = entity_query(source, ctx.terms, state.settings)
-    result = service.query(query)
+    result = await federated_query(request, state, ctx, query, service)  # local + sources
     body = render_entities(
         result.documents,
         ctx,
@@ -96,7 +98,7 @@ def query_entities(
         omit=expanded_names(params, "omit", ctx.terms),
         geometry_property=_geometry_property(request, ctx),
     )
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = result.headers()
     if result.total is not None:
         headers["NGSILD-Results-Count"] = str(result.total)
     links = _page_links(request, query.offset, query.limit, len(result.documents), result.total)
@@ -133,13 +135,21 @@ def _no_attr_get(entity_id: str, attr: str) -> Response:
 
 @router.get("/entities/{entity_id:path}")
 async def retrieve_entity(  # async: one key lookup, cheaper than a worker-thread hop
-    entity_id: str, request: Request, service: ServiceDep, ctx: ContextDep
+    entity_id: str, request: Request, state: StateDep, service: ServiceDep, ctx: ContextDep
 ) -> Response:
     check_uri(entity_id, "entity id")
     params = request.query_params
     kind = accept(request)
     rep = representation(params)
-    doc = service.get(entity_id)
+    types = parse_types(params["type"], ctx.terms.expand) if params.get("type") else None
+    attrs = expanded_names(params, "attrs", ctx.terms)
+    found, warnings = await federated_retrieve(
+        request, state, ctx, entity_id, service, types=types, attrs=attrs
+    )
+    if found is None:
+        error = ResourceNotFound(f"entity {entity_id!r} not found")
+        return problem_response(error, {WARNING_HEADER: ", ".join(warnings)} if warnings else None)
+    doc = found
     wanted_type = params.get("type")
     if wanted_type and ctx.terms.expand(wanted_type) not in doc["type"]:
         raise ResourceNotFound(f"entity {entity_id!r} has no type {wanted_type!r}")
@@ -148,14 +158,15 @@ async def retrieve_entity(  # async: one key lookup, cheaper than a worker-threa
         ctx,
         rep,
         kind,
-        attrs=expanded_names(params, "attrs", ctx.terms),
+        attrs=attrs,
         pick=expanded_names(params, "pick", ctx.terms),
         omit=expanded_names(params, "omit", ctx.terms),
         geometry_property=_geometry_property(request, ctx),
     )
+    headers = {WARNING_HEADER: ", ".join(warnings)} if warnings else None
     if kind == GEOJSON:
-        return entity_response(body["features"][0], ctx, kind)
-    return entity_response(body[0], ctx, kind)
+        return entity_response(body["features"][0], ctx, kind, headers=headers)
+    return entity_response(body[0], ctx, kind, headers=headers)
 
 
 @router.delete("/entities/{entity_id:path}/attrs/{attr}", status_code=204)
