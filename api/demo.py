@@ -10,6 +10,8 @@ import logging
 import random
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,8 +149,8 @@ def load_demo(state: AppState, *, seed: int = 42) -> int:
 
     So the demo shows federation at work: each file is a source with its own named graph,
     provenance, report and quarantine (`GET /sources`). Returns the entities in the twin from
-    those sources. The live readings (`run_live_demo`) are the hook for an MQTT simulator
-    source: replace `apply_updates` by devices publishing to the MQTT connector.
+    those sources. The live readings come from `run_live_demo`, or, with URBIS_DEMO_MQTT_URL,
+    from simulated devices through a broker and the "demo-mqtt" source (`start_demo_devices`).
     """
     manager = state.sources
     assert manager is not None
@@ -188,6 +190,40 @@ def apply_updates(state: AppState, rng: random.Random) -> int:
         return doc
 
     return len(service.batch(items, update, graph=DEMO_DATASET).success)
+
+
+def start_demo_devices(state: AppState, broker_url: str) -> Callable[[], None]:
+    """The demo's sensors as MQTT devices (URBIS_DEMO_MQTT_URL): the simulator publishes each
+    tick to the broker and the "demo-mqtt" source, a live source like any other, brings the
+    measures back into the twin. Returns what stops the simulator; the source is stopped
+    with the other live sources."""
+    from connectors.mqtt_simulator import demo_source, run_simulator
+
+    manager = state.sources
+    assert manager is not None
+    info = demo.dataset_info(DEMO_DATASET)
+    source = demo_source(broker_url, demo.CONTEXT_ID).model_copy(
+        update={
+            "context": demo.CONTEXT_ID,
+            "publisher": info.publisher,
+            "licence": info.licence,
+            "description": "Simulated IoT Agent JSON devices of the demo city's sensors",
+        }
+    )
+    manager.catalog.remember(source)  # started by the live manager with the others
+    stop = threading.Event()
+    period = state.settings.demo_live_seconds
+    thread = threading.Thread(
+        target=run_simulator, args=(broker_url, stop, period), name="demo-sim", daemon=True
+    )
+    thread.start()
+    log.info("demo sensors publish to %s; source %s brings them back", broker_url, source.id)
+
+    def halt() -> None:
+        stop.set()
+        thread.join(timeout=10)
+
+    return halt
 
 
 async def run_live_demo(state: AppState, period: float) -> None:

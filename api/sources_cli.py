@@ -19,7 +19,7 @@ from api.settings import Settings
 from connectors.definition import DefinitionError, SourceDefinition, to_toml
 from connectors.registry import default_registry
 from connectors.sources import SourceCatalog, UnknownSource
-from connectors.sync import SyncReport, SyncState
+from connectors.sync import LiveSource, SyncReport, SyncState
 
 sources_app = typer.Typer(
     help="Connector sources: definitions and quarantine.", no_args_is_help=True
@@ -109,13 +109,23 @@ def list_sources(data_dir: DataDir = None, sources_dir: SourcesDir = None) -> No
             source.id,
             source.kind,
             source.entity_type or "-",
-            source.schedule or "manual",
+            source.schedule or ("live (urbis serve)" if _live(source) else "manual"),
             report.started if report else "never",
             report.status if report else "-",
         )
     Console().print(table)
     for error in catalog.problems():
         typer.secho(str(error), fg="yellow", err=True)
+
+
+def _live(source: SourceDefinition) -> bool:
+    from connectors.base import LiveConnector
+    from connectors.registry import UnknownKind
+
+    try:
+        return issubclass(default_registry().get(source.kind), LiveConnector)
+    except UnknownKind:
+        return False
 
 
 @sources_app.command("quarantine")
@@ -162,6 +172,11 @@ def sync(
     assert manager is not None
     try:
         ids = [s.id for s in manager.catalog.list()] if all_sources else list(sources or [])
+        if all_sources:  # live sources are run by `urbis serve`, not synced
+            live = [s.id for s in manager.catalog.list() if manager.is_live(s)]
+            for source_id in live:
+                typer.secho(f"{source_id}: live source, run by `urbis serve`; skipped", err=True)
+            ids = [i for i in ids if i not in live]
         for error in manager.catalog.problems():
             typer.secho(str(error), fg="yellow", err=True)
         reports: list[SyncReport] = []
@@ -180,7 +195,7 @@ def sync(
 
                 try:
                     reports.append(manager.sync(source_id, progress=advance))
-                except (UnknownSource, DefinitionError) as exc:
+                except (UnknownSource, DefinitionError, LiveSource) as exc:
                     reports.append(
                         SyncReport(source=source_id, run_id="", status="failed", errors=[str(exc)])
                     )

@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "connectors.ogcapi",
     "connectors.ngsild",
     "connectors.mqtt",
+    "connectors.ngsild_live",
 )
 
 

@@ -18,8 +18,9 @@ from api.deps import AdminDep, AppState, StateDep
 from api.http import read_json
 from api.responses import json_response
 from connectors.definition import DefinitionError, SourceDefinition
-from connectors.sync import SourceBusy, SyncManager
-from twin.errors import AlreadyExists, BadRequestData, NgsiLdError
+from connectors.live import LiveManager
+from connectors.sync import LiveSource, SourceBusy, SyncManager
+from twin.errors import AlreadyExists, BadRequestData, NgsiLdError, OperationNotSupported
 
 log = logging.getLogger("urbis")
 router = APIRouter(prefix="/sources", tags=["sources"])
@@ -45,6 +46,24 @@ def manager(state: AppState) -> SyncManager:
     return state.sources
 
 
+def live_manager(state: AppState) -> LiveManager:
+    """The live sources' runners (connectors/live.py), beside the sync manager."""
+    if state.live is None:
+        state.live = LiveManager(manager(state))
+    return state.live
+
+
+def start_live(state: AppState) -> list[str]:
+    """Server start-up: run every live source of the catalogue."""
+    return live_manager(state).start_all()
+
+
+def stop_live(state: AppState) -> None:
+    """Server shutdown: stop the live sources (provenance and quarantine flushed)."""
+    if state.live is not None:
+        state.live.close()
+
+
 def definition_problem(error: DefinitionError) -> BadRequestData:
     """400 with every mistake: `errors` lists {field, message}, `detail` says the first."""
     first = error.problems[0] if error.problems else ("", "invalid definition")
@@ -56,9 +75,11 @@ def definition_problem(error: DefinitionError) -> BadRequestData:
     )
 
 
-def describe(m: SyncManager, source: SourceDefinition) -> dict[str, Any]:
+def describe(
+    m: SyncManager, source: SourceDefinition, live: LiveManager | None = None
+) -> dict[str, Any]:
     report = m.last_report(source.id)
-    return {
+    body: dict[str, Any] = {
         "id": source.id,
         "kind": source.kind,
         "title": source.title,
@@ -70,12 +91,17 @@ def describe(m: SyncManager, source: SourceDefinition) -> dict[str, Any]:
         "lastSync": report.to_dict() if report else None,
         "quarantined": m.quarantine.count(source.id),
     }
+    if live is not None and m.is_live(source):
+        live_report = live.report(source.id)
+        body["running"] = live.running(source.id)
+        body["live"] = live_report.to_dict() if live_report else None
+    return body
 
 
 @router.get("")
 def list_sources(state: StateDep, _: AdminDep) -> Response:
     m = manager(state)
-    body = [describe(m, s) for s in m.catalog.list()]
+    body = [describe(m, s, live_manager(state)) for s in m.catalog.list()]
     problems = [
         {"where": e.where, "errors": [list(p) for p in e.problems]} for e in m.catalog.problems()
     ]
@@ -98,8 +124,13 @@ async def add_source(request: Request, state: StateDep, _: AdminDep) -> Response
     if not replace and source.id in {s.id for s in m.catalog.list()}:
         raise AlreadyExists(f"source {source.id!r} exists; POST with ?replace=true to change it")
     await run_in_threadpool(m.catalog.save, source)
+    live = live_manager(state)
+    if m.is_live(source):  # runs at once, or again with the new definition
+        await run_in_threadpool(live.start, source)
+    elif live.running(source.id):  # replaced by a pull source
+        await run_in_threadpool(live.stop, source.id)
     return json_response(
-        describe(m, source), status=201, headers={"Location": f"/sources/{source.id}"}
+        describe(m, source, live), status=201, headers={"Location": f"/sources/{source.id}"}
     )
 
 
@@ -110,7 +141,7 @@ def get_source(source_id: str, state: StateDep, _: AdminDep) -> Response:
         source = m.catalog.get(source_id)
     except DefinitionError as error:
         raise definition_problem(error) from None
-    body = describe(m, source)
+    body = describe(m, source, live_manager(state))
     body["definition"] = source.model_dump(exclude_none=True)
     body["tombstones"] = len(m.tombstones(source.id))
     return json_response(body)
@@ -119,6 +150,7 @@ def get_source(source_id: str, state: StateDep, _: AdminDep) -> Response:
 @router.delete("/{source_id}", status_code=204)
 def delete_source(source_id: str, state: StateDep, _: AdminDep) -> Response:
     """Forget a definition; its entities stay until synced away or deleted."""
+    live_manager(state).stop(source_id)  # a live source stops writing first
     manager(state).catalog.remove(source_id)
     return Response(status_code=204)
 
@@ -132,6 +164,8 @@ async def sync_source(source_id: str, state: StateDep, _: AdminDep) -> Response:
         raise definition_problem(error) from None
     try:
         report = await run_in_threadpool(m.sync, source_id)
+    except LiveSource as exc:
+        raise OperationNotSupported(str(exc)) from None
     except SourceBusy as exc:
         raise Conflict(str(exc)) from None
     return json_response(report.to_dict())
@@ -140,7 +174,12 @@ async def sync_source(source_id: str, state: StateDep, _: AdminDep) -> Response:
 @router.get("/{source_id}/report")
 def last_report(source_id: str, state: StateDep, _: AdminDep) -> Response:
     m = manager(state)
-    m.catalog.get(source_id)
+    source = m.catalog.get(source_id)
+    if m.is_live(source):  # a live source's session counters (connectors/live.py)
+        live = live_manager(state).report(source_id)
+        if live is None:
+            raise NotSynced(f"live source {source_id!r} has not run yet")
+        return json_response(live.to_dict())
     report = m.last_report(source_id)
     if report is None:
         raise NotSynced(f"source {source_id!r} has not been synced yet")
