@@ -471,5 +471,11 @@ def mapserver(
 
 @pytest.fixture(scope="session")
 def pygeoapi_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One pygeoapi for the whole run. pytest makes a separate session fixture for each module
+    that imports this one, and pygeoapi starts once per process: a later instance reuses the
+    server the first started (it serves until the session ends)."""
+    if _PYGEOAPI_URL is not None:
+        yield _PYGEOAPI_URL
+        return
     with running_pygeoapi(tmp_path_factory.mktemp("pygeoapi")) as url:
         yield url
