@@ -1,7 +1,7 @@
 """GeoSPARQL spatial filters over 100,000 points on the embedded store: the engine's scan against
 the spatial-index rewrite (twin/geosparql.py). Prints p50/p95 in milliseconds.
 
-    python -m bench.geosparql_bench [--points 100000] [--runs 30]
+    python -m bench.geosparql_bench [--points 100000] [--runs 30] [--sweep]
 
 The rewrite's time includes `prepare` (index lookup, exact test, building the VALUES block) and
 the query itself; both sides return the same rows (checked on every run).
@@ -10,6 +10,7 @@ the query itself; both sides return the same rows (checked on every run).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -35,18 +36,26 @@ CENTRE = (3.8767, 43.6108)
 DISTRICT = (
     "POLYGON((3.866 43.603, 3.884 43.601, 3.893 43.612, 3.885 43.621, 3.871 43.619, 3.866 43.603))"
 )
+# A quarter of about 1.6 km x 5 km: some 15,000 of the 100,000 points.
+QUARTER = (
+    "POLYGON((3.8267 43.5808, 3.8467 43.5808, 3.8467 43.6258, 3.8267 43.6258, 3.8267 43.5808))"
+)
 NEIGHBOURHOOD = "POLYGON((3.870 43.606, 3.878 43.605, 3.880 43.611, 3.872 43.612, 3.870 43.606))"
 TYPED = "SELECT ?e WHERE { ?e a <https://example.org/Bin> ; geo:hasGeometry/geo:asWKT ?w . "
 UNTYPED = "SELECT ?e WHERE { ?e geo:hasGeometry/geo:asWKT ?w . "
 # name -> (query, max_values given to prepare)
 QUERIES: dict[str, tuple[str, int | None]] = {
-    "sfWithin district, typed (over the cap: scan kept)": (
+    "sfWithin district, typed (UNION of 7 copies)": (
         TYPED + f'FILTER(geof:sfWithin(?w, "<{ns.CRS84}> {DISTRICT}"^^geo:wktLiteral)) }}',
         MAX_VALUES,
     ),
     "sfWithin district, untyped, no cap": (
         UNTYPED + f'FILTER(geof:sfWithin(?w, "<{ns.CRS84}> {DISTRICT}"^^geo:wktLiteral)) }}',
         None,
+    ),
+    "sfWithin quarter, typed (over the cap: scan kept)": (
+        TYPED + f'FILTER(geof:sfWithin(?w, "<{ns.CRS84}> {QUARTER}"^^geo:wktLiteral)) }}',
+        MAX_VALUES,
     ),
     "sfWithin neighbourhood, typed": (
         TYPED + f'FILTER(geof:sfWithin(?w, "<{ns.CRS84}> {NEIGHBOURHOOD}"^^geo:wktLiteral)) }}',
@@ -108,6 +117,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument(
+        "--sweep", action="store_true", help="also time the rewrite by the size of the match set"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     service = build(args.points)
@@ -131,8 +143,37 @@ def main() -> None:
         prepare_times, _ = timed(args.runs, prepare_only)
         fast_times, fast = timed(args.runs, rewritten)
         assert fast == scan, f"{name}: the rewrite changed the answer"
-        print(f"{name} ({len(scan)} rows)", flush=True)
+        load = os.getloadavg()[0]
+        print(f"{name} ({len(scan)} rows, load {load:.1f})", flush=True)
         print(f"  engine scan        {percentiles(scan_times)}")
+        print(f"  prepare only       {percentiles(prepare_times)}")
+        print(f"  rewrite (total)    {percentiles(fast_times)}")
+    if args.sweep:
+        sweep(service, store, args.runs)
+
+
+def sweep(service: EntityService, store: Store, runs: int) -> None:
+    """The rewrite (prepare and query) over strips of growing width, with a type pattern."""
+    x0, y0, y1 = 3.8267, 43.5808, 43.6408
+    for width in (0.0009, 0.0018, 0.0027, 0.0045, 0.0063, 0.009):
+        strip = f"POLYGON(({x0} {y0}, {x0 + width} {y0}, {x0 + width} {y1}, {x0} {y1}, {x0} {y0}))"
+        query = (
+            PREFIXES
+            + TYPED
+            + f'FILTER(geof:sfWithin(?w, "<{ns.CRS84}> {strip}"^^geo:wktLiteral)) }}'
+        )
+
+        def prepare_only(q: str = query) -> set[str]:
+            return {prepare(q, service.index)[0]}
+
+        def rewritten(q: str = query) -> set[str]:
+            return rows(store, prepare(q, service.index)[0])
+
+        prepare_times, (text,) = timed(runs, prepare_only)
+        fast_times, fast = timed(runs, rewritten)
+        copies = text.count(" UNION ") + 1 if "VALUES" in text else 0
+        load = os.getloadavg()[0]
+        print(f"strip of {len(fast)} rows, {copies} copies (load {load:.1f})", flush=True)
         print(f"  prepare only       {percentiles(prepare_times)}")
         print(f"  rewrite (total)    {percentiles(fast_times)}")
 

@@ -5,9 +5,11 @@
 `FILTER(geof:sfWithin(?wkt, "<CRS84> POLYGON(...)"^^geo:wktLiteral))`, into
 `VALUES ?wkt { <every stored literal that satisfies it> }` appended to the same group, with the
 matches computed exactly by the index (GEOS predicates, geodesic distances). The engine then
-joins from a few thousand literals instead of testing every geometry of the tenant, and an engine
-without `geof:` (Virtuoso 7) answers the query too. A rewrite happens only where the meaning is
-certainly kept; anything the rewriter does not fully understand is left to the engine unchanged.
+joins from the matching literals instead of testing every geometry of the tenant (more than 999
+go into a UNION of copies of the group, a block of at most 999 in each: pyoxigraph joins a
+larger block row by row), and an engine without `geof:` (Virtuoso 7) answers the query too.
+A rewrite happens only where the meaning is certainly kept; anything the rewriter does not
+fully understand is left to the engine unchanged.
 
 The custom functions (registered under the standard `geof:` IRIs) give `distance` in metres on
 the WGS84 ellipsoid for every geometry type, `buffer` in metres, `boundary`, and the set
@@ -37,11 +39,18 @@ from twin.geo.query import Floats, NearFrame
 UOM = "http://www.opengis.net/def/uom/OGC/1.0/"
 WKT_LITERAL = ns.GEO + "wktLiteral"
 EPSG_4326 = "http://www.opengis.net/def/crs/EPSG/0/4326"
-# Most literals one rewrite injects. pyoxigraph 0.5.13's planner joins a VALUES block of more
-# than about 1,000 rows by a nested loop when the group also has a pattern with a constant
-# object (`?e a waste:WasteContainer`): 1,000 literals answer in 9 ms over 100,000 points,
-# 1,500 in 17 s. Beyond this the engine's own scan is kept.
-MAX_VALUES = 1_000
+# Most rows of one VALUES block. pyoxigraph 0.5.13's greedy planner starts a join from its
+# smallest operand: a pattern with a constant object (`?e a waste:WasteContainer`) is estimated
+# at 1,000 rows, a VALUES block at its row count. A block of 1,000 rows or more loses, and is
+# then joined by a nested loop (the block scanned once per row of the group): 999 literals
+# answer in 11 ms over 100,000 points, 1,001 in 3.7 s. So a larger match set is written as a
+# UNION of copies of the group, one block of at most this many rows each.
+VALUES_CHUNK = 999
+# Most literals one rewrite injects (in chunks); beyond this the engine's own scan is kept.
+# A literal costs about 5 us to parse and 5 us to join, and the copies grow slightly worse than
+# linearly (over 100,000 points: 6,283 rows 60 ms, 14,895 rows 240 to 600 ms, 50,000 rows
+# 4.5 s, against a scan of 600 to 900 ms).
+MAX_VALUES = 10_000
 # Distances above this are left to the engine: the candidate margin below assumes the local
 # projection's stretch stays small (under 0.01 % within 100 km of its centre).
 MAX_REWRITE_DISTANCE = 200_000.0
@@ -389,16 +398,34 @@ class _Rewriter:
         return None
 
     def rewrite(self) -> str:
-        edits: list[tuple[int, int, str]] = []
+        edits: list[_Edit] = []
         for i, tok in enumerate(self.tokens):
             if tok.text == "{" and tok.kind == "punct" and self._eligible(i):
                 edits.extend(self._group(i))
         if not edits:
             return self.query
-        out = self.query
-        for start, end, text in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
-            out = out[:start] + text + out[end:]
-        return out
+        return self._render(0, len(self.query), sorted(edits, key=lambda e: (e[0], -e[1])))
+
+    def _render(self, lo: int, hi: int, edits: list[_Edit]) -> str:
+        """The text of query[lo:hi] with `edits` (sorted, all inside) applied; a template edit
+        receives its range's text with the edits nested in it already applied."""
+        out: list[str] = []
+        pos, i = lo, 0
+        while i < len(edits):
+            start, end, replacement = edits[i]
+            j = i + 1
+            while j < len(edits) and edits[j][0] >= start and edits[j][1] <= end:
+                j += 1
+            out.append(self.query[pos:start])
+            if isinstance(replacement, str):
+                if j > i + 1:
+                    raise _Unsupported("overlapping edits")
+                out.append(replacement)
+            else:
+                out.append(replacement(self._render(start, end, edits[i + 1 : j])))
+            pos, i = end, j
+        out.append(self.query[pos:hi])
+        return "".join(out)
 
     # -- groups ---------------------------------------------------------------------------
 
@@ -418,7 +445,7 @@ class _Rewriter:
         before = [t.word() for t in self.tokens[max(0, brace - 3) : brace]]
         return "EXISTS" in before[-1:] or "SERVICE" in before[-3:] or "SILENT" in before[-2:]
 
-    def _group(self, open_: int) -> list[tuple[int, int, str]]:
+    def _group(self, open_: int) -> list[_Edit]:
         """Edits for the spatial filters at the top level of the group opened at `open_`."""
         close = self.partner[open_]
         toks = self.tokens
@@ -442,16 +469,46 @@ class _Rewriter:
                 if tok.kind == "var" and not self._graph_name(i):
                     bound.add(tok.text[1:])
                 i += 1
-        edits: list[tuple[int, int, str]] = []
+        plans = [plan for start, end in filters if (plan := self._filter(start, end, bound))]
+        answers = [answer for plan in plans for answer in plan.answers]
+        big = [a for a in answers if len(a.literals) > VALUES_CHUNK]
+        chunked = max(big, key=lambda a: len(a.literals)) if big else None
+        if chunked is not None and not self._copyable(open_, close):
+            chunked = None
+        if self.max_values is not None:  # other large blocks would be joined row by row
+            for plan in plans:
+                plan.answers = [
+                    a for a in plan.answers if len(a.literals) <= VALUES_CHUNK or a is chunked
+                ]
+        edits: list[_Edit] = []
+        moved: list[str] = []  # all the group's filters, kept outside the UNION of its copies
         values: list[str] = []
+        answered = {(plan.start, plan.end): plan for plan in plans if plan.answers}
         for start, end in filters:
-            edit = self._filter(start, end, bound, values)
-            if edit is not None:
-                edits.append(edit)
-        if values:
+            plan = answered.get((start, end))
+            span = (toks[start].start, toks[end - 1].end)
+            text = self.query[span[0] : span[1]] if plan is None else self._filter_text(plan)
+            if chunked is not None:  # in an OPTIONAL body a filter may name outer variables
+                edits.append((*span, ""))
+                moved.append(text)
+            elif plan is not None:
+                edits.append((*span, text))
+            if plan is not None:
+                values.extend(a.block() for a in plan.answers if a is not chunked)
+        if chunked is not None:
+            edits.append((toks[open_].end, toks[close].start, _Copies(chunked, values, moved)))
+        elif values:
             at = toks[close].start
             edits.append((at, at, " " + " ".join(values) + " "))
         return edits
+
+    def _copyable(self, open_: int, close: int) -> bool:
+        """Whether the group's text may be repeated in UNION branches with the same meaning:
+        not with blank node labels (one label cannot span two patterns) nor remote calls."""
+        for tok in self.tokens[open_ + 1 : close]:
+            if tok.text == "_" or tok.text.startswith("_:") or tok.word() == "SERVICE":
+                return False
+        return True
 
     def _graph_name(self, i: int) -> bool:
         """A variable after GRAPH or SERVICE names a graph, it is no triple pattern's."""
@@ -490,31 +547,36 @@ class _Rewriter:
 
     # -- filters --------------------------------------------------------------------------
 
-    def _filter(
-        self, start: int, end: int, bound: set[str], values: list[str]
-    ) -> tuple[int, int, str] | None:
-        """Replace a FILTER whose conjuncts include an answerable spatial test."""
+    def _filter(self, start: int, end: int, bound: set[str]) -> _FilterPlan | None:
+        """The answerable spatial tests among a FILTER's conjuncts, with their matches."""
         toks = self.tokens
         inner = (start + 2, end - 1) if toks[start + 1].text == "(" else (start + 1, end)
         conjuncts = self._conjuncts(*inner)
         if conjuncts is None:
             return None
-        kept: list[tuple[int, int]] = []
-        answered = False
+        plan = _FilterPlan(start, end, [])
         for lo, hi in conjuncts:
             spatial = self._spatial(lo, hi)
-            block = None
-            if spatial is not None and spatial.var in bound:
-                block = self._values(spatial)
-            if block is None:
-                kept.append((lo, hi))
-            else:
-                values.append(block)
-                answered = True
-        if not answered:
-            return None
+            if spatial is None or spatial.var not in bound:
+                continue
+            literals = self._literals(spatial)
+            if literals is not None:
+                plan.answers.append(_Answer(lo, hi, spatial.var, literals))
+        return plan if plan.answers else None
+
+    def _filter_text(self, plan: _FilterPlan) -> str:
+        """The FILTER left once the answered conjuncts are gone (`FILTER(true)` if none)."""
+        toks = self.tokens
+        inner = (
+            (plan.start + 2, plan.end - 1)
+            if toks[plan.start + 1].text == "("
+            else (plan.start + 1, plan.end)
+        )
+        answered = {(a.lo, a.hi) for a in plan.answers}
+        conjuncts = self._conjuncts(*inner) or []
+        kept = [(lo, hi) for lo, hi in conjuncts if (lo, hi) not in answered]
         text = " && ".join(self.query[toks[lo].start : toks[hi - 1].end] for lo, hi in kept)
-        return toks[start].start, toks[end - 1].end, f"FILTER({text or 'true'})"
+        return f"FILTER({text or 'true'})"
 
     def _conjuncts(self, lo: int, hi: int) -> list[tuple[int, int]] | None:
         """Top-level `&&` operands; None when `||` sits at the top (no split is exact)."""
@@ -625,28 +687,90 @@ class _Rewriter:
 
     # -- answers from the index -----------------------------------------------------------
 
-    def _values(self, spatial: _Spatial) -> str | None:
-        """`VALUES ?var { literals }` of every indexed geometry that passes, or None when too
-        many do."""
+    def _literals(self, spatial: _Spatial) -> list[str] | None:
+        """The stored literals of every indexed geometry that passes, sorted; None when more
+        than `max_values` do."""
         found = matching_geometries(self.index, spatial, self.max_values)
         if found is None:
             return None
         literals = sorted(stored_literals(found))
         if self.max_values is not None and len(literals) > self.max_values:
             return None
-        rows = " ".join(f'"{text}"^^<{WKT_LITERAL}>' for text in literals)
-        return f"VALUES ?{spatial.var} {{ {rows} }}"
+        return literals
+
+
+@dataclass(slots=True)
+class _Answer:
+    """A conjunct (token range) answered by `VALUES ?var { literals }`."""
+
+    lo: int
+    hi: int
+    var: str
+    literals: list[str]
+
+    def block(self, literals: list[str] | None = None) -> str:
+        chosen = self.literals if literals is None else literals
+        rows = " ".join(f'"{text}"^^<{WKT_LITERAL}>' for text in chosen)
+        return f"VALUES ?{self.var} {{ {rows} }}"
+
+
+@dataclass(slots=True)
+class _FilterPlan:
+    """A FILTER (token range) and the conjuncts of it the index answers."""
+
+    start: int
+    end: int
+    answers: list[_Answer]
+
+
+@dataclass(frozen=True, slots=True)
+class _Copies:
+    """The body of a group with a large answer: `{ body VALUES(chunk 1) } UNION { body
+    VALUES(chunk 2) } ...` followed by the group's filters (they apply to the whole group
+    wherever they stand). Join distributes over UNION and the chunks are disjoint, so the
+    solutions are those of `body VALUES(all)`, each once."""
+
+    answer: _Answer
+    values: list[str]  # the other (small) blocks of the group, in every copy
+    filters: list[str]
+
+    def __call__(self, body: str) -> str:
+        literals = self.answer.literals
+        others = " ".join(self.values)
+        branches = " UNION ".join(
+            f"{{ {body} {others} {self.answer.block(literals[i : i + VALUES_CHUNK])} }}"
+            for i in range(0, len(literals), VALUES_CHUNK)
+        )
+        return f" {branches} {' '.join(self.filters)} "
+
+
+_Edit = tuple[int, int, str | Callable[[str], str]]
 
 
 def stored_literals(geometries: list[shapely.Geometry]) -> set[str]:
     """The `geo:wktLiteral` texts the twin stored for these geometries (`wkt_literal`), 2D
-    points written in bulk: most of a rewrite's time went to one GEOS call per point."""
-    points = [g for g in geometries if isinstance(g, shapely.Point) and not shapely.has_z(g)]
-    texts = {wkt_literal(g) for g in geometries if not isinstance(g, shapely.Point) or g.has_z}
-    if points:
-        xy = shapely.get_coordinates(points).tolist()
-        texts.update(f"{CRS84} POINT({wkt_number(x)} {wkt_number(y)})" for x, y in xy)
+    points written in bulk: one GEOS call per point cost most of a large rewrite's time."""
+    if not geometries:
+        return set()
+    array = np.empty(len(geometries), dtype=object)
+    array[:] = geometries
+    flat = (shapely.get_type_id(array) == 0) & ~shapely.has_z(array) & ~shapely.is_empty(array)
+    texts = {wkt_literal(g) for g in array[~flat].tolist()}
+    xy = shapely.get_coordinates(array[flat])
+    texts.update(
+        f"{CRS84} POINT({x} {y})"
+        for x, y in zip(_numbers(xy[:, 0].tolist()), _numbers(xy[:, 1].tolist()), strict=True)
+    )
     return texts
+
+
+def _numbers(values: list[float]) -> list[str]:
+    """`wkt_number` of each value; `repr` is its answer unless it has an exponent or ends
+    with `.0`."""
+    return [
+        text if "e" not in text and not text.endswith(".0") else wkt_number(value)
+        for text, value in zip(map(repr, values), values, strict=True)
+    ]
 
 
 def matching_geometries(

@@ -21,7 +21,14 @@ from api.settings import Settings
 from twin import ns
 from twin.entities import EntityService
 from twin.geo import wkt_literal
-from twin.geosparql import FUNCTIONS, distance_metres, parse_wkt, prepare, stored_literals
+from twin.geosparql import (
+    FUNCTIONS,
+    VALUES_CHUNK,
+    distance_metres,
+    parse_wkt,
+    prepare,
+    stored_literals,
+)
 from twin.rdf import GEO_AS_WKT, GEO_HAS_GEOMETRY, GEO_WKT_LITERAL, RDF_TYPE, geometry_node
 from twin.store.oxigraph import OxigraphTenant
 
@@ -358,6 +365,69 @@ def test_too_many_matches_are_left_to_the_engine(service: EntityService) -> None
     )
     assert prepare(query, service.index, max_values=10)[0] == query
     assert prepare(query, service.index, max_values=None)[0] != query
+
+
+@pytest.fixture(scope="module")
+def ten_thousand() -> EntityService:
+    return fill(random_points(10_000, seed=5))
+
+
+# A third of the ten thousand points: over one VALUES block (VALUES_CHUNK rows).
+WEST = "POLYGON((3.8367 43.58, 3.8607 43.58, 3.8607 43.64, 3.8367 43.64, 3.8367 43.58))"
+
+
+def test_a_large_match_set_with_a_type_pattern_is_rewritten(ten_thousand: EntityService) -> None:
+    """Thousands of matches: the group is copied into a UNION, one block of at most
+    VALUES_CHUNK literals per copy (pyoxigraph joins a larger block row by row)."""
+    query = (
+        PREFIXES + "SELECT ?e WHERE { ?e a <https://example.org/Bin> ; "
+        f"geo:hasGeometry/geo:asWKT ?w . FILTER(geof:sfWithin(?w, {lit(WEST)})) }}"
+    )
+    scan, fast, rewritten = both(ten_thousand, query)
+    assert len(scan) > 2 * VALUES_CHUNK
+    assert "sfWithin" not in rewritten and rewritten.count("UNION") >= 2
+    assert all(block.count("^^") <= VALUES_CHUNK for block in rewritten.split("VALUES")[1:])
+    assert fast == scan
+
+
+def test_copies_keep_outer_variables_of_optional_filters(ten_thousand: EntityService) -> None:
+    """The filters of a copied group stay outside the UNION: in an OPTIONAL they may name the
+    outer group's variables; a second, small spatial block goes into every copy."""
+    near = f"geof:distance(?w, {lit('POINT(3.85 43.61)')}, uom:metre) < 300"
+    query = (
+        PREFIXES + "SELECT ?e ?w WHERE { ?e a <https://example.org/Bin> . "
+        "BIND(STRLEN(STR(?e)) AS ?n) "
+        "OPTIONAL { ?e geo:hasGeometry ?g . ?g geo:asWKT ?w . ?e a ?type "
+        f"FILTER(?n > 18 && geof:sfWithin(?w, {lit(WEST)})) FILTER({near}) }} }}"
+    )
+    scan, fast, rewritten = both(ten_thousand, query)
+    assert "UNION" in rewritten and "geof:" not in rewritten[len(PREFIXES) :].replace(
+        "PREFIX geof", ""
+    )
+    assert "FILTER(?n > 18)" in rewritten
+    assert any(w is not None for _, w in scan) and any(w is None for _, w in scan)
+    assert fast == scan
+
+
+def test_copied_groups_nest(ten_thousand: EntityService) -> None:
+    """A copied group inside a copied group: the inner copies are repeated in each outer one."""
+    query = (
+        PREFIXES + "SELECT ?e ?w2 WHERE { ?e a <https://example.org/Bin> ; "
+        "geo:hasGeometry/geo:asWKT ?w . OPTIONAL { ?e geo:hasGeometry ?g . ?g geo:asWKT ?w2 "
+        f"FILTER(geof:sfIntersects(?w2, {lit(WEST)})) }} "
+        f"FILTER(geof:sfWithin(?w, {lit(WEST)})) }}"
+    )
+    scan, fast, rewritten = both(ten_thousand, query)
+    assert "geof:sf" not in rewritten and rewritten.count("OPTIONAL") >= 3
+    assert fast == scan and len(scan) > 2 * VALUES_CHUNK
+
+
+def test_groups_with_blank_node_labels_are_not_copied(ten_thousand: EntityService) -> None:
+    query = (
+        PREFIXES + "SELECT ?e WHERE { ?e a <https://example.org/Bin> ; geo:hasGeometry _:g . "
+        f"_:g geo:asWKT ?w . FILTER(geof:sfWithin(?w, {lit(WEST)})) }}"
+    )
+    assert prepare(query, ten_thousand.index)[0] == query
 
 
 def test_the_rewrite_needs_no_geof_support(service: EntityService) -> None:
