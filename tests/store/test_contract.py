@@ -315,3 +315,21 @@ def test_apply_the_engine_rejects_leaves_nothing(
         store.apply(removed, added)
     assert refused.value.status == 400  # the caller's data, not a server failure
     assert canonical(store.dump()) == before
+
+
+def test_a_constant_wkt_literal_in_a_query_finds_the_stored_geometry(store: TenantStore) -> None:
+    """Researchers (and the GeoSPARQL rewrite's VALUES) write WKT literals in queries: an
+    engine that stores them under another datatype must see the same literal."""
+    researchers(store)
+    write(store, entity(21))
+    stored = rows(store, f"SELECT ?w WHERE {{ ?g <{ns.GEO}asWKT> ?w }}")
+    assert len(stored) == 1 and stored[0][0] is not None
+    literal = stored[0][0].replace("\\", "\\\\").replace('"', '\\"')
+    for datatype in (f"<{ns.GEO}wktLiteral>", "geo:wktLiteral"):
+        query = (
+            f"PREFIX geo: <{ns.GEO}> SELECT ?g WHERE {{ "
+            f'VALUES ?w {{ "{literal}"^^{datatype} }} ?g geo:asWKT ?w }}'
+        )
+        solutions = store.sparql(query)
+        assert isinstance(solutions, QuerySolutions)
+        assert len(list(solutions)) == 1, datatype

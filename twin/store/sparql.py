@@ -93,6 +93,7 @@ class Dialect:
     values_on_predicates: bool = False  # documents() shape: see there
 
     def query_text(self, text: str) -> str:
+        text = self.codec.encode_text(text)
         return expand_same_term(text) if self.same_term_broken else text
 
 

@@ -212,6 +212,19 @@ class LiteralCodec:
         stored = self.out.get(literal.datatype)
         return literal if stored is None else Literal(literal.value, datatype=stored)
 
+    def encode_text(self, text: str) -> str:
+        """The same renaming for typed literals written in a query (constants, VALUES):
+        `"..."^^<natural>` and `"..."^^prefix:name` where the prefix names its namespace."""
+        for natural, stored in self.out.items():
+            namespace, _, local = _split_iri(natural.value)
+            prefixes = re.findall(
+                r"PREFIX\s+([\w.-]*):\s*<" + re.escape(namespace) + ">", text, re.IGNORECASE
+            )
+            names = [re.escape(f"<{natural.value}>")]
+            names += [re.escape(f"{p}:{local}") for p in prefixes]
+            text = re.sub(r"\^\^\s*(?:" + "|".join(names) + r")(?![\w.-])", f"^^{stored}", text)
+        return text
+
     def restore_bytes(self, data: bytes) -> bytes:
         for stored, natural in self.back.items():
             data = data.replace(stored.encode(), natural.encode())
@@ -266,3 +279,9 @@ def expand_same_term(text: str) -> str:
         out.append(f"(({a}) = ({b}) && STR({a}) = STR({b}))")
         i = k + 1
     return "".join(out)
+
+
+def _split_iri(value: str) -> tuple[str, str, str]:
+    """Namespace, separator and local name of an IRI ending in #name or /name."""
+    cut = max(value.rfind("#"), value.rfind("/"))
+    return value[: cut + 1], value[cut], value[cut + 1 :]
