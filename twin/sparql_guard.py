@@ -8,8 +8,9 @@ and is killed (SIGKILL) when its deadline passes; the CPU work ends with the pro
 - An in-memory store is shared with the child by `os.fork()` (copy-on-write), taken while the
   tenant's write lock is held so that no writer is inside the store at that instant.
 - An on-disk (RocksDB) store cannot be forked (its background threads' locks deadlock the
-  child), so a fresh interpreter (`python -m twin.sparql_guard`) opens it with `Store.read_only`,
-  under the write lock until it is open: it sees every committed write, flushed or not.
+  child), so pre-started interpreters (`python -m twin.sparql_guard`, `DiskPool`) open it with
+  `Store.read_only` under the write lock (they see every committed write, flushed or not) and
+  keep it open for the next queries until a write changes the store's version.
 
 The child streams its answer through a pipe as frames; the pipe is the bounded queue between
 the engine and the HTTP response (a child blocks on a full pipe). Solutions travel as SPARQL
@@ -53,6 +54,8 @@ from twin.errors import BadRequestData, InternalError, NgsiLdError, QueryTimeout
 
 # Frame kinds: what the query is, data, the row limit was reached, error, end of answer.
 _HEAD, _READY, _DATA, _TRUNCATED, _ERROR, _END = b"H", b"R", b"D", b"T", b"E", b"Z"
+# Disk workers only: imports done (once, at start), and a query request (parent -> worker).
+_STARTED, _QUERY = b"S", b"Q"
 _FRAME = struct.Struct("!cI")
 # The child holds back this much before its first frame, so that small answers (and a row
 # limit reached early) are known before the HTTP status is sent.
@@ -215,6 +218,13 @@ class _Child(Protocol):
     def reap(self) -> None: ...
 
 
+class _Pool(Protocol):
+    """Where a worker goes after its query: back to the idle list, or stopped."""
+
+    def release(self, worker: Any) -> None: ...
+    def discard(self, worker: Any) -> None: ...
+
+
 _LIVE: set[GuardedQuery] = set()
 _LIVE_LOCK = threading.Lock()
 
@@ -237,7 +247,7 @@ class GuardedQuery:
         deadline: float,
         max_rows: int | None,
         keep: Any = None,
-        pool: ForkedPool | None = None,
+        pool: _Pool | None = None,
     ) -> None:
         self.pool = pool  # a warm worker goes back to it after a complete answer
         self.reusable = True
@@ -341,11 +351,11 @@ class GuardedQuery:
         self.closed = True
         with _LIVE_LOCK:
             _LIVE.discard(self)
-        if self.pool is not None and isinstance(self.child, _Worker):
+        if self.pool is not None:
             if self.finished and self.reusable:
                 self.pool.release(self.child)
             else:
-                self.child.stop()
+                self.pool.discard(self.child)
             return
         if not self.finished:
             self.child.kill()
@@ -500,6 +510,9 @@ class ForkedPool:
                 return
         worker.stop()
 
+    def discard(self, worker: _Worker) -> None:
+        worker.stop()
+
     def _fork(self, one_shot: QueryRequest | None) -> _Worker:
         requests_r, requests_w = os.pipe()
         answers_r, answers_w = os.pipe()
@@ -528,67 +541,349 @@ class ForkedPool:
             worker.stop()
 
 
-@dataclass
-class _Subprocess:
+# -- on-disk stores: pre-started interpreters that keep a read-only store open -----------------
+
+_LIFE: tuple[int, int] | None = None  # (read, write): the workers see EOF when we are gone
+_LIFE_LOCK = threading.Lock()
+STARTUP_TIMEOUT = 120.0  # seconds a new interpreter may take to import (a loaded machine)
+
+
+def _life_pipe() -> int:
+    """The read end every disk worker inherits. Its write end stays open in this process
+    only (not inheritable), so the kernel closes it when the server dies, however it dies:
+    the workers' watchdogs then see EOF and exit (no orphans)."""
+    global _LIFE
+    with _LIFE_LOCK:
+        if _LIFE is None:
+            _LIFE = os.pipe()
+        return _LIFE[0]
+
+
+@dataclass(eq=False)
+class DiskWorker:
+    """A `python -m twin.sparql_guard` process; `version` is the store version its read-only
+    store shows (-1: none open yet)."""
+
     process: subprocess.Popen[bytes]
+    requests: int  # parent -> worker
+    answers: int  # worker -> parent
+    version: int = -1
+    kept: bool = True  # False: an overflow worker, stopped after its query
+    started: bool = False  # its STARTED frame (imports done) was read
+    queries: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def kill(self) -> None:
-        self.process.kill()
+        with contextlib.suppress(OSError):
+            self.process.kill()
 
     def reap(self) -> None:
         self.process.wait()
 
+    def stop(self) -> None:
+        self.kill()
+        for fd in (self.requests, self.answers):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.reap()
 
-def start_on_disk(
-    path: str, request: QueryRequest, write_lock: Lock, timeout: float
-) -> GuardedQuery | None:
-    """A fresh interpreter (`python -m twin.sparql_guard`) opens the store read-only and
-    answers on its stdout; None when the request cannot be sent to it (custom functions that
-    cannot be pickled): the caller then runs it in-process."""
+
+def spawn_disk_worker() -> DiskWorker:
+    """Start an interpreter; it imports, says STARTED, then waits for requests on stdin."""
+    life = _life_pipe()
+    requests_r, requests_w = os.pipe()
+    answers_r, answers_w = os.pipe()
     try:
-        payload = pickle.dumps((path, request))
-    except (pickle.PicklingError, AttributeError, TypeError):
-        return None
+        process = subprocess.Popen(
+            [sys.executable, "-m", "twin.sparql_guard", str(life)],
+            stdin=requests_r,
+            stdout=answers_w,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            pass_fds=(life,),
+            cwd=_IMPORT_ROOT,
+        )
+    except OSError:
+        for fd in (requests_r, requests_w, answers_r, answers_w):
+            os.close(fd)
+        raise InternalError("the query process could not be started") from None
+    os.close(requests_r)
+    os.close(answers_w)
+    return DiskWorker(process, requests_w, answers_r)
+
+
+# The directory `twin` is imported from: the worker must import the same code.
+_IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _await_started(worker: DiskWorker, timeout: float) -> bool:
+    """Consume the worker's STARTED frame (imports done); False when it did not come."""
     deadline = time.monotonic() + timeout
-    process = subprocess.Popen(
-        [sys.executable, "-m", "twin.sparql_guard"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        close_fds=True,
-    )
-    assert process.stdin is not None and process.stdout is not None
-    job = GuardedQuery(
-        _Subprocess(process),
-        process.stdout.fileno(),
-        deadline,
-        request.max_rows,
-        keep=process.stdout,
-    )
-    with write_lock:  # no write while the child opens the store (it sees the state at open)
+    header = b""
+    while len(header) < _FRAME.size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([worker.answers], [], [], remaining)[0]:
+            return False
+        data = os.read(worker.answers, _FRAME.size - len(header))
+        if not data:
+            return False
+        header += data
+    kind, size = _FRAME.unpack(header)
+    return bool(kind == _STARTED and size == 0)
+
+
+class _WorkerGone(InternalError):
+    """The worker ended before it took the query: safe to hand the query to another."""
+
+
+class DiskPool:
+    """Query interpreters for one on-disk tenant, started ahead and kept warm.
+
+    A worker opens the store with `Store.read_only` for a query and keeps it open while the
+    store's version (bumped by every write, under the write lock) is unchanged; after a write
+    the next query reopens it (10-50 ms; the open happens under the write lock, so it sees
+    every committed write). At most `size` workers live per tenant; a query that finds them
+    all busy gets an extra one that is stopped after it. A worker killed at its deadline is
+    replaced in the background: after its first query the pool keeps `size` workers.
+    """
+
+    def __init__(self, path: str, write_lock: Lock, size: int = 2) -> None:
+        self.path = path
+        self.write_lock = write_lock
+        self.size = max(1, size)
+        self.version = 0
+        self.idle: list[DiskWorker] = []
+        self.alive = 0  # kept workers: idle, busy, or starting
+        self.spawned = 0  # interpreters started over the pool's life (kept and extra)
+        self.opens = 0  # read-only opens requested (a first open or a reopen after writes)
+        self.last_pid = 0  # the worker that took the last query (tests, diagnostics)
+        self.closed = False
+        self._starting: set[DiskWorker] = set()
+        self._lock = threading.Lock()
+
+    def bump(self) -> None:
+        """Called under the write lock after each write: open read-only stores are stale."""
+        self.version += 1
+
+    def prestart(self) -> None:
+        """Start the workers in the background, so that the first query finds one ready."""
+        self._top_up()
+
+    def start(self, request: QueryRequest, timeout: float) -> GuardedQuery | None:
+        """The query running in a worker; None when the request cannot be pickled."""
         try:
-            process.stdin.write(payload)
-            process.stdin.close()
-        except OSError:
+            payload = pickle.dumps((self.path, request))
+        except (pickle.PicklingError, AttributeError, TypeError):
+            return None
+        deadline = time.monotonic() + timeout
+        try:
+            return self._hand_over(payload, deadline, request.max_rows)
+        except InternalError as error:
+            if not isinstance(error, _WorkerGone):
+                raise
+        # The worker was gone before the query reached it (killed or dead while idle, which
+        # `poll()` cannot always tell yet): nothing ran, so another worker may take it.
+        return self._hand_over(payload, deadline, request.max_rows)
+
+    def _hand_over(self, payload: bytes, deadline: float, max_rows: int | None) -> GuardedQuery:
+        worker = self._take()
+        while worker.process.poll() is not None:  # it died while idle (killed, out of memory)
+            self.discard(worker)
+            worker = self._take()
+        self._top_up()
+        self.last_pid = worker.pid
+        job = GuardedQuery(worker, worker.answers, deadline, max_rows, pool=self)
+        try:
+            if not worker.started:  # a new interpreter: its imports, outside the write lock
+                kind, frame = job.read_frame()
+                if kind != _STARTED:
+                    job._take(kind, frame)
+                    job.close()
+                    raise InternalError(f"unexpected frame {kind!r} from the query process")
+                worker.started = True
+            if worker.version == self.version:
+                self._send(job, worker, payload, reopen=False)
+            else:
+                with self.write_lock:  # no writer inside the store while it is opened
+                    version = self.version
+                    self._send(job, worker, payload, reopen=True)
+                    worker.version = version
+        except InternalError as error:
+            if job.closed and not job.finished and not job.kind:  # EOF before READY
+                raise _WorkerGone(error.detail) from None
+            raise
+        return job
+
+    def _send(self, job: GuardedQuery, worker: DiskWorker, payload: bytes, reopen: bool) -> None:
+        """Hand the request over and wait until the worker's store is open."""
+        if reopen:
+            self.opens += 1
+        worker.queries += 1
+        try:
+            send_frame(worker.requests, _QUERY, (b"O" if reopen else b"K") + payload)
+        except OSError:  # it died while idle
+            job.reusable = False
             job.close()
-            raise InternalError("the query process could not be started") from None
-        kind, payload = job.read_frame()
-    if kind != _READY:
-        job._take(kind, payload)
-    return job
+            raise InternalError("the query process ended before the query") from None
+        while True:
+            kind, frame = job.read_frame()
+            if kind == _STARTED:
+                continue
+            if kind == _READY:
+                return
+            job._take(kind, frame)  # an ERROR (the open failed) raises here
+            job.close()
+            raise InternalError(f"unexpected frame {kind!r} from the query process")
+
+    def _take(self) -> DiskWorker:
+        """An idle worker (one with the current version first), else a new one."""
+        with self._lock:
+            if self.idle:
+                current = [w for w in self.idle if w.version == self.version]
+                worker = current[-1] if current else self.idle[-1]
+                self.idle.remove(worker)
+                return worker
+            kept = self.alive < self.size
+            if kept:
+                self.alive += 1
+            self.spawned += 1
+        try:
+            worker = spawn_disk_worker()
+        except BaseException:
+            if kept:
+                with self._lock:
+                    self.alive -= 1
+            raise
+        worker.kept = kept
+        return worker
+
+    def release(self, worker: DiskWorker) -> None:
+        """A worker that answered completely: idle again (its store stays open)."""
+        with self._lock:
+            if worker.kept and not self.closed:
+                self.idle.append(worker)
+                return
+        worker.stop()
+
+    def discard(self, worker: DiskWorker) -> None:
+        """A worker killed at its deadline, or broken: stopped, and replaced ahead of need."""
+        worker.stop()
+        if worker.kept:
+            with self._lock:
+                self.alive -= 1
+            self._top_up()
+
+    def _top_up(self) -> None:
+        """Start workers in the background until the pool has `size` of them."""
+        with self._lock:
+            missing = 0 if self.closed else self.size - self.alive
+            self.alive += missing
+            self.spawned += missing
+        for _ in range(missing):
+            threading.Thread(target=self._spawn_idle, name="sparql-worker", daemon=True).start()
+
+    def _spawn_idle(self) -> None:
+        try:
+            worker = spawn_disk_worker()
+        except NgsiLdError:
+            with self._lock:
+                self.alive -= 1
+            return
+        with self._lock:
+            self._starting.add(worker)
+        started = _await_started(worker, STARTUP_TIMEOUT)
+        worker.started = started
+        with self._lock:
+            self._starting.discard(worker)
+            if started and not self.closed:
+                self.idle.append(worker)
+                return
+            self.alive -= 1
+        worker.stop()
+
+    def workers(self) -> list[int]:
+        """Pids of the idle workers (tests, diagnostics)."""
+        with self._lock:
+            return [w.pid for w in self.idle]
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            idle, self.idle = self.idle, []
+            starting = list(self._starting)
+        for worker in idle:
+            worker.stop()
+        for worker in starting:  # its starter thread sees it fail and counts it out
+            worker.kill()
 
 
-def _disk_main() -> NoReturn:
-    """`python -m twin.sparql_guard`: one query on an on-disk store, frames on stdout."""
-    path, request = pickle.loads(sys.stdin.buffer.read())
-    fd = sys.stdout.fileno()
+def _watch_parent(life_fd: int) -> None:
+    """Exit when the server is gone: EOF on the life pipe (or a new parent), checked by a
+    thread, so that even a worker in the middle of a query ends (the engine releases the GIL)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            ended = select.select([life_fd], [], [], 1.0)[0]
+            if ended or os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _preimport() -> None:
+    """What the custom functions need, loaded while idle rather than during a query."""
+    with contextlib.suppress(Exception):
+        import twin.geosparql  # noqa: F401
+
+
+def _disk_worker_main(life_fd: int) -> NoReturn:
+    """`python -m twin.sparql_guard LIFE_FD`: queries on an on-disk store, one after the other.
+
+    A request is (reopen flag, pickled QueryRequest). The worker answers READY once its
+    read-only store is open (reopened when asked: the server's store changed), then the
+    answer's frames, and waits for the next request; EOF on stdin (the pool closed) ends it.
+    """
+    _watch_parent(life_fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the server: the server decides
+    requests, answers = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)  # a stray print can never corrupt the frames
+    _preimport()
+    send_frame(answers, _STARTED)
+    store: Store | None = None
+    code = 0
     try:
-        store = Store.read_only(path)
-    except OSError as error:
-        send_frame(fd, _ERROR, orjson.dumps({"kind": "internal", "detail": str(error)}))
-        os._exit(1)
-    send_frame(fd, _READY)
-    _child_main(store, request, fd)
+        while True:
+            header = _read_all(requests, _FRAME.size)
+            if not header:
+                break
+            _, size = _FRAME.unpack(header)
+            body = _read_all(requests, size)
+            try:
+                path, request = pickle.loads(body[1:])
+            except Exception as error:  # a function's module that cannot be imported here
+                detail = orjson.dumps({"kind": "internal", "detail": f"bad request: {error}"})
+                send_frame(answers, _ERROR, detail)
+                continue
+            if body[:1] == b"O" or store is None:
+                store = None  # release the old snapshot's files first
+                try:
+                    store = Store.read_only(path)
+                except OSError as error:
+                    detail = orjson.dumps({"kind": "internal", "detail": str(error)})
+                    send_frame(answers, _ERROR, detail)
+                    continue
+            send_frame(answers, _READY)
+            _answer(store, request, answers)
+    except BrokenPipeError:
+        code = 3
+    finally:
+        os._exit(code)
 
 
 # -- results as pyoxigraph objects ------------------------------------------------------------
@@ -636,4 +931,4 @@ def as_result(job: GuardedQuery) -> QuerySolutions | QueryBoolean | Iterator[Tri
 
 
 if __name__ == "__main__":
-    _disk_main()
+    _disk_worker_main(int(sys.argv[1]))

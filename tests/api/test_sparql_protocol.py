@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -55,8 +57,10 @@ def _children() -> set[int]:
     """Live child processes of this process (the query workers)."""
     found: set[int] = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        with (task / "children").open() as handle:
-            found.update(int(pid) for pid in handle.read().split())
+        try:
+            found.update(int(pid) for pid in (task / "children").read_text().split())
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
     return found
 
 
@@ -340,7 +344,7 @@ def test_geosparql_functions_reach_the_query_process(demo: TestClient) -> None:
         "PREFIX uom: <http://www.opengis.net/def/uom/OGC/1.0/>\n"
     )
     a, b = '"POINT(3.87 43.61)"^^geo:wktLiteral', '"POINT(3.88 43.61)"^^geo:wktLiteral'
-    # distance is picklable (a warm worker); union is a closure (a one-shot fork).
+    # Both are module-level functions: they pickle by name and reach a warm worker.
     query = prefixes + f"SELECT ?d ?u WHERE {{ BIND(geof:distance({a}, {b}, uom:metre) AS ?d) "
     query += f"BIND(geof:union({a}, {b}) AS ?u) }}"
     row = demo.get("/sparql", params={"query": query}).json()["results"]["bindings"][0]
@@ -366,4 +370,51 @@ def test_on_disk_store_is_queried_and_stopped_the_same_way(tmp_path: Path) -> No
         slow = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l }"
         response = client.get("/sparql", params={"query": slow})
         assert response.status_code == 503
-        assert _children() <= before  # the query's interpreter was killed and reaped
+        pool = client.app.state.urbis.twin.tenant("").store.disk_pool  # type: ignore[attr-defined]
+        killed = pool.last_pid
+        assert killed not in _children()  # the query's interpreter was killed and reaped
+        # What is left are the pool's idle workers (a replacement is started in the background).
+        _settled(pool)
+        assert _children() - before <= set(pool.workers())
+        assert _count(client.get("/sparql", params={"query": count})) == 40
+    assert _children() <= before  # closing the app stopped every worker
+
+
+def _settled(pool: Any) -> None:
+    """Wait (bounded) until the disk pool's background starts are done: all its workers idle."""
+    deadline = time.monotonic() + 120
+    while len(pool.workers()) < pool.alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_on_disk_queries_reuse_a_warm_worker_that_sees_writes(tmp_path: Path) -> None:
+    settings = Settings(admin_token=TOKEN, data_dir=tmp_path, sparql_timeout=30.0)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    thing = "<https://uri.etsi.org/ngsi-ld/default-context/Thing>"
+    count = f"SELECT (COUNT(?e) AS ?n) WHERE {{ ?e a {thing} }}"
+
+    def add(n: int) -> None:
+        entity = {"id": f"urn:ngsi-ld:Thing:{n}", "type": "Thing"}
+        assert client.post("/ngsi-ld/v1/entities", json=entity).status_code == 201
+
+    with TestClient(create_app(settings), headers=auth) as client:
+        pool = client.app.state.urbis.twin.tenant("").store.disk_pool  # type: ignore[attr-defined]
+        add(0)
+        assert _count(client.get("/sparql", params={"query": count})) == 1
+        first, opens = pool.last_pid, pool.opens
+        assert _count(client.get("/sparql", params={"query": count})) == 1
+        assert pool.last_pid == first  # the same process answered, its store kept open
+        assert pool.opens == opens
+        add(1)  # a write: the next query reopens the store and sees it
+        assert _count(client.get("/sparql", params={"query": count})) == 2
+        assert pool.opens > opens
+        again, reopened = pool.last_pid, pool.opens
+        assert _count(client.get("/sparql", params={"query": count})) == 2
+        assert pool.last_pid == again and pool.opens == reopened
+        assert first in _children() and pool.spawned <= 2  # no interpreter per query
+        # A worker that died while idle (even one not yet reaped) is passed over.
+        os.kill(again, signal.SIGKILL)
+        answer = client.get("/sparql", params={"query": count})
+        assert answer.status_code == 200, answer.text
+        assert _count(answer) == 2
+        assert pool.last_pid != again

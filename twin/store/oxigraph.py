@@ -19,11 +19,12 @@ from pyoxigraph import BlankNode, Literal, NamedNode, Quad, QuerySolutions, Stor
 from twin.errors import BadRequestData, NonexistentTenant
 from twin.rdf import ENTITIES_GRAPH, RDF_TYPE, URBIS_DATASET, URBIS_DOCUMENT
 from twin.sparql_guard import (
+    DiskPool,
     ForkedPool,
+    GuardedQuery,
     QueryRequest,
     as_result,
     run_query,
-    start_on_disk,
     stop_all,
 )
 from twin.store.base import (
@@ -49,6 +50,8 @@ class OxigraphTenant(TenantStore):
         # so that no writer is inside the store at that instant (twin/sparql_guard.py).
         self.write_lock = threading.RLock()
         self.query_pool = ForkedPool(store, self.write_lock) if path is None else None
+        # On disk: pre-started interpreters that keep a read-only store open between writes.
+        self.disk_pool = DiskPool(str(path), self.write_lock) if path is not None else None
 
     def documents(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         found: dict[str, tuple[str, str]] = {}
@@ -78,6 +81,8 @@ class OxigraphTenant(TenantStore):
         """Warm query workers hold the store as it was: they are stale after a write."""
         if self.query_pool is not None:
             self.query_pool.bump()
+        if self.disk_pool is not None:
+            self.disk_pool.bump()
 
     def _apply(self, removed: list[Quad], added: list[Quad], *, bulk: bool) -> None:
         if not removed:
@@ -150,14 +155,14 @@ class OxigraphTenant(TenantStore):
             result: SparqlResult = run_query(self.store, request)
             return result
         limit = GUARD_UNLIMITED if timeout is None else timeout
+        job: GuardedQuery | None = None
         if self.query_pool is not None:
             job = self.query_pool.start(request, limit)
-        else:
-            found = start_on_disk(str(self.path), request, self.write_lock, limit)
-            if found is None:  # unpicklable custom functions: no child can run them
-                log.warning("SPARQL query with custom functions runs unguarded (on-disk store)")
-                return run_query(self.store, request)
-            job = found
+        elif self.disk_pool is not None:
+            job = self.disk_pool.start(request, limit)
+        if job is None:  # unpicklable custom functions: no worker can run them
+            log.warning("SPARQL query with custom functions runs unguarded (on-disk store)")
+            return run_query(self.store, request)
         job.start()
         return as_result(job)
 
@@ -189,6 +194,8 @@ class OxigraphTenant(TenantStore):
         stop_all()
         if self.query_pool is not None:
             self.query_pool.close()
+        if self.disk_pool is not None:
+            self.disk_pool.close()
         self.store.flush() if hasattr(self.store, "flush") else None
 
 
