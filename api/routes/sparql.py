@@ -119,8 +119,8 @@ def _run(service: EntityService, operation: Operation, state: AppState) -> Any:
 def _called(functions: dict[str, Any], text: str) -> dict[str, Any] | None:
     """The functions the query can call: its text names their namespace and local name.
 
-    A query without them can go to a warm worker (twin/sparql_guard.py): requests are
-    pickled there, and some functions (closures) cannot be.
+    Requests are pickled to a warm worker (twin/sparql_guard.py): sending only the functions
+    the query names keeps that cheap.
     """
     if ns.GEOF not in text:
         return None

@@ -399,6 +399,9 @@ def test_on_disk_queries_reuse_a_warm_worker_that_sees_writes(tmp_path: Path) ->
 
     with TestClient(create_app(settings), headers=auth) as client:
         pool = client.app.state.urbis.twin.tenant("").store.disk_pool  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30  # the workers started with the server: wait for them
+        while len(pool.workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         add(0)
         assert _count(client.get("/sparql", params={"query": count})) == 1
         first, opens = pool.last_pid, pool.opens
