@@ -30,6 +30,7 @@ class Feature:
     geometry: Mapping[str, Any] | None = None  # GeoJSON geometry object, in `crs`
     crs: str | None = None  # e.g. "EPSG:2154"; None means the definition's CRS, else CRS84
     observed_at: str | None = None  # when the source says the values were observed
+    problem: str | None = None  # the connector already knows why this record is bad: quarantine
 
 
 @dataclass(frozen=True)

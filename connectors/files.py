@@ -181,6 +181,11 @@ class FileConnector(Connector):
             wkt = options.wkt or (None if lat and lon else _find(columns, _WKT_NAMES))
             for number, row in enumerate(reader, start=1):
                 props: dict[str, Any] = {k: v for k, v in row.items() if k is not None}
+                problem = _row_problem(row, columns, lat, lon)
+                if problem is not None:
+                    raw = {**props, "extra": row.get(None)} if None in row else props  # type: ignore[call-overload]
+                    yield Feature(key=str(number), properties=raw, problem=problem)
+                    continue
                 geometry: dict[str, Any] | None = None
                 if wkt and props.get(wkt):
                     geometry = _wkt_geometry(props.pop(wkt))
@@ -438,3 +443,18 @@ class _Buffer:
     @staticmethod
     def _incomplete_number(value: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _row_problem(
+    row: dict[str | None, Any], columns: Sequence[str], lat: str | None, lon: str | None
+) -> str | None:
+    """What makes a CSV row unreadable as it stands; the csv module would pass it silently."""
+    if None in row:  # more values than header columns: a stray delimiter, e.g. "85,5"
+        return f"the row has {len(columns) + len(row[None])} values, the header {len(columns)}"
+    missing = [k for k, v in row.items() if v is None]
+    if missing:
+        return f"the row has {len(columns) - len(missing)} values, the header {len(columns)}"
+    if lat and lon and bool(row.get(lat)) != bool(row.get(lon)):
+        given, absent = (lat, lon) if row.get(lat) else (lon, lat)
+        return f"{given!r} is given without {absent!r}"
+    return None

@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +43,7 @@ from connectors.sources import SourceCatalog
 from twin import ns
 from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
-from twin.entities import BatchResult, EntityService
+from twin.entities import EntityService
 from twin.errors import NgsiLdError, ResourceNotFound
 from twin.model import SYSTEM_MEMBERS, now_iso
 from twin.provenance import DatasetInfo, SyncRun, describe_dataset, record_run
@@ -298,32 +297,25 @@ class SyncRunner:
                 connector.close()
 
     def _consume(self, records: Iterable[Record], report: SyncReport) -> None:
-        """Records -> the twin, batch by batch; a batch is written while the next is prepared.
+        """Records -> the twin, one transaction per batch."""
+        iterator = iter(records)
+        while self._next_batch(iterator, report):
+            pass
 
-        The store releases the GIL while it writes, so reading and harmonising the next batch
-        overlaps the previous batch's transaction. Each batch is still one transaction, and
-        its outcome is booked (journal, counts, quarantine) before the next one is written.
+    def _next_batch(self, records: Iterator[Record], report: SyncReport) -> bool:
+        """Fetch, harmonise and write one batch; False when the records are exhausted.
+
+        The cyclic garbage collector is paused for the batch only: the batch's objects are
+        gone when it runs again, so it never scans them, and a long sync never keeps it off.
         """
-        pending: tuple[_Staged, Future[BatchResult | None]] | None = None
-        with _paused_gc(), ThreadPoolExecutor(1, thread_name_prefix="urbis-sync") as writer:
-            try:
-                for records_batch in _batches(records, self.source.batch_size):
-                    staged = self._prepare(records_batch, report)
-                    if pending is not None:
-                        self._finish(pending[0], pending[1].result(), report)
-                    pending = staged, writer.submit(self._write, staged)
-                    if os.environ.get("TMP_NO_PIPELINE"):  # TEMPORARY A/B
-                        self._finish(pending[0], pending[1].result(), report)
-                        pending = None
-            except BaseException:
-                if pending is not None:  # book what was written before the failure
-                    try:
-                        self._finish(pending[0], pending[1].result(), report)
-                    except Exception:
-                        log.exception("source %s: a batch failed to write", self.source.id)
-                raise
-            if pending is not None:
-                self._finish(pending[0], pending[1].result(), report)
+        with _paused_gc():
+            batch = list(islice(records, self.source.batch_size))
+            if not batch:
+                return False
+            created = self._upsert(self._harmonize(batch, report), report)
+            self._book(len(batch), created)
+            del batch
+        return True
 
     def _bad(self, record: Record, reason: str) -> None:
         key = record_key(record)
@@ -336,8 +328,8 @@ class SyncRunner:
             run_id=None,
         )
 
-    def _prepare(self, records: Sequence[Record], report: SyncReport) -> _Staged:
-        """Harmonise a batch and keep what changed; bad records go to the quarantine."""
+    def _harmonize(self, records: Sequence[Record], report: SyncReport) -> dict[str, Doc]:
+        """Canonical documents by entity id; bad and duplicate records go to the quarantine."""
         docs: dict[str, Doc] = {}
         for record in records:
             try:
@@ -362,50 +354,51 @@ class SyncRunner:
             docs[entity_id] = harmonized.doc
             if harmonized.repair is not None:
                 report.repaired += 1
-        # Stored documents as text: an unchanged entity (the common case of a re-sync) is
-        # recognised by comparing texts, without decoding the stored JSON.
-        existing = self.service.store.documents(list(docs))
-        staged = _Staged(records=len(records))
-        for entity_id, doc in docs.items():
-            found = existing.get(entity_id)
-            if found is None:
-                staged.changed.append((entity_id, doc))
-                staged.created.append(entity_id)
-            elif found[1] != self.graph:
-                self._bad_doc(
-                    doc,
-                    f"entity {entity_id} belongs to dataset {found[1]}, "
-                    f"not to this source's {self.graph}",
-                )
-                continue
-            elif same_content_text(found[0], doc):
-                report.unchanged += 1
-            else:
-                old = load_document(found[0])
-                if content(old) == content(doc):
+        return docs
+
+    def _upsert(self, docs: dict[str, Doc], report: SyncReport) -> list[str]:
+        """Write what changed in one transaction; the ids created.
+
+        Under the tenant's write lock, so the comparison and the write see the same state, with
+        one look-up per entity. Stored documents are compared as text: an unchanged entity
+        (the common case of a re-sync) costs no JSON decoding.
+        """
+        created: list[str] = []
+        changes: list[tuple[Doc | None, Doc | None, str]] = []
+        with self.service.lock:
+            existing = self.service.store.documents(list(docs))
+            for entity_id, doc in docs.items():
+                found = existing.get(entity_id)
+                if found is None:
+                    changes.append((None, doc, self.graph))
+                    created.append(entity_id)
+                elif found[1] != self.graph:
+                    self._bad_doc(
+                        doc,
+                        f"entity {entity_id} belongs to dataset {found[1]}, "
+                        f"not to this source's {self.graph}",
+                    )
+                    continue
+                elif same_content_text(found[0], doc):
                     report.unchanged += 1
                 else:
-                    staged.changed.append((entity_id, carry_timestamps(old, doc)))
-                    report.updated += 1
-            self.seen.add(entity_id)
-        return staged
+                    old = load_document(found[0])
+                    if content(old) == content(doc):
+                        report.unchanged += 1
+                    else:
+                        changes.append((old, carry_timestamps(old, doc), self.graph))
+                        report.updated += 1
+                self.seen.add(entity_id)
+            if changes:
+                self.service.write(changes, bulk=self.bulk)
+        report.created += len(created)
+        return created
 
-    def _write(self, staged: _Staged) -> BatchResult | None:
-        """One transaction (in the writer thread); None when nothing changed."""
-        if not staged.changed:
-            return None
-        return self.service.batch(
-            staged.changed, lambda new, _old: new, graph=self.graph, bulk=self.bulk
-        )
-
-    def _finish(self, staged: _Staged, result: BatchResult | None, report: SyncReport) -> None:
-        """Book a written batch: failed entities, counts, tombstones, journal, progress."""
-        for entity_id, error in result.errors if result is not None else ():
-            self._bad_doc({"id": entity_id}, error.detail)
-        report.created += len(staged.created)
-        if staged.created:
-            self._untombstone(staged.created)
-        self.handled += staged.records
+    def _book(self, records: int, created: list[str]) -> None:
+        """After a batch's transaction: tombstones, journal, progress."""
+        if created:
+            self._untombstone(created)
+        self.handled += records
         journal = self.state.get(self.source.id, "journal") or {}
         journal["batches"] = journal.get("batches", 0) + 1
         journal["records"] = self.handled
@@ -451,28 +444,13 @@ class SyncRunner:
             self.state.put(self.source.id, "tombstones", tombstones)
 
 
-@dataclass
-class _Staged:
-    """A prepared batch: the entities to write and which of them are new."""
-
-    records: int
-    changed: list[tuple[str | None, Doc | NgsiLdError]] = field(default_factory=list)
-    created: list[str] = field(default_factory=list)
-
-
-def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
-    iterator = iter(records)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
 class _GcPause:
-    """Pauses the cyclic garbage collector while syncs run (reference counting goes on).
+    """Pauses the cyclic garbage collector during a sync's batch (reference counting goes on).
 
-    A batch keeps thousands of fresh dicts alive, which the collector promotes and then scans
-    again and again: measured on the 29,969 street lights, collections took about a fifth of
-    the run's CPU time, while a run leaves only a few thousand objects in reference cycles.
-    Counted, so overlapping syncs re-enable it when the last one ends, and never when
+    A batch keeps thousands of fresh dicts alive, which the collector promotes and scans again
+    and again: on the 29,969 street lights, collections cost 30 % of the sync's CPU time,
+    while a whole run leaves only a few thousand objects in reference cycles. Counted, so
+    overlapping batches of several syncs re-enable it when the last one ends, and never when
     something else had disabled it.
     """
 
@@ -486,8 +464,7 @@ class _GcPause:
         with self._lock:
             if self._users == 0:
                 self._reenable = gc.isenabled()
-                if not os.environ.get("TMP_NO_GCPAUSE"):  # TEMPORARY A/B
-                    gc.disable()
+                gc.disable()
             self._users += 1
         try:
             yield

@@ -25,7 +25,7 @@ from twin.errors import (
     ResourceNotFound,
     TooComplexQuery,
 )
-from twin.geo import GeoQuery, SpatialIndex, parse_geometry
+from twin.geo import GeoQuery, SpatialIndex
 from twin.model import NULL_URI, SYSTEM_MEMBERS, VALUE_MEMBER
 from twin.query.plan import EntityQuery, plan
 from twin.query.qeval import evaluate
@@ -172,13 +172,13 @@ class EntityService:
             remove.extend(old_quads - new_quads)
             add.extend(new_quads - old_quads)
         self.store.apply(remove, add, bulk=bulk)
-        for old, new, _ in changes:
+        for old, _, _ in changes:
             if old is not None:
                 for key in _geo_keys(old):
                     self.index.remove(key)
-            if new is not None:
-                for key, geom in _geo_items(new):
-                    self.index.add(key, geom)
+        self.index.add_geojson(
+            item for _, new, _ in changes if new is not None for item in _geo_values(new)
+        )
         if self.listeners:
             self._tell_listeners([(old, new) for old, new, _ in changes])
 
@@ -442,16 +442,16 @@ def geo_key(entity_id: str, attr: str, dataset_id: str | None) -> tuple[str, str
     return entity_id, sys.intern(attr), dataset_id or ""
 
 
-def _geo_items(doc: Doc) -> Iterable[tuple[tuple[str, str, str], Any]]:
+def _geo_values(doc: Doc) -> Iterable[tuple[tuple[str, str, str], Any]]:
+    """(index key, GeoJSON value) of each GeoProperty instance: parsed by the index, once."""
     for name, instances in attribute_items(doc):
         for inst in instances:
             if inst.get("type") == "GeoProperty":
-                key = geo_key(doc["id"], name, inst.get("datasetId"))
-                yield key, parse_geometry(inst["value"])
+                yield geo_key(doc["id"], name, inst.get("datasetId")), inst["value"]
 
 
 def _geo_keys(doc: Doc) -> Iterable[tuple[str, str, str]]:
-    return (key for key, _ in _geo_items(doc))
+    return (key for key, _ in _geo_values(doc))
 
 
 def _only_types(query: EntityQuery) -> bool:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twin.errors import BadRequestData
-from twin.geo import GEOMETRY_TYPES, parse_geometry
+from twin.geo import GEOMETRY_TYPES, parse_geometry, point_position
 from twin.iri import valid_iri
 from twin.terms import Terms
 
@@ -266,9 +266,11 @@ class EntityReader:
                     check_datetime(value["@value"], name)
             return value
         if kind == "GeoProperty":
-            geometry = parse_geometry(value, what=f"GeoProperty {name!r}")
-            if self.area is not None and geometry.geom_type == "Point":
-                check_plausible(name, geometry.x, geometry.y, self.area)
+            position = point_position(value)  # the common case, checked without shapely
+            if position is None:  # another type, or an invalid Point: the precise error
+                parse_geometry(value, what=f"GeoProperty {name!r}")
+            elif self.area is not None:
+                check_plausible(name, position[0], position[1], self.area)
             return value
         if kind == "Relationship":
             if isinstance(value, list):

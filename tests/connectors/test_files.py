@@ -238,3 +238,24 @@ def test_montpellier_street_lights_lambert93(manager: SyncManager) -> None:
         lon, lat = doc["https://uri.etsi.org/ngsi-ld/location"][0]["value"]["coordinates"]
         assert west < lon < east and south < lat < north
         assert graph == "urn:urbis:dataset:src"
+
+
+def test_csv_rows_the_csv_module_would_pass_silently_are_quarantined(
+    manager: SyncManager, tmp_path: Path
+) -> None:
+    """A stray delimiter, a short row and a half coordinate each go to the quarantine."""
+    path = tmp_path / "parkings.csv"
+    path.write_text(
+        "id,lat,lon,capacity\n"
+        "P1,43.61,3.87,20\n"
+        "P2,43.6,3.9,85,5\n"  # the decimal comma of 85,5 was not quoted
+        "P3,43.6\n"
+        "P4,,3.89,20\n"
+    )
+    define(manager, path, entity_type="ParkingSite", key="id")
+    report = manager.sync("src")
+    assert (report.created, report.quarantined) == (1, 3)
+    reasons = {e.key: e.reason for e in manager.quarantine.list("src")}
+    assert "5 values, the header 4" in reasons["2"], reasons
+    assert "2 values, the header 4" in reasons["3"]
+    assert "'lon' is given without 'lat'" in reasons["4"]

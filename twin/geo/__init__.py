@@ -1,6 +1,13 @@
 """Geometry for the twin: GeoProperty validation, WKT literals, geo-queries, spatial index."""
 
-from twin.geo.geometry import CRS84, GEOMETRY_TYPES, parse_geometry, wkt_literal
+from twin.geo.geometry import (
+    CRS84,
+    GEOMETRY_TYPES,
+    geojson_wkt,
+    parse_geometry,
+    point_position,
+    wkt_literal,
+)
 from twin.geo.index import SpatialIndex
 from twin.geo.query import GeoQuery, match_points, matches, parse_geoq
 
@@ -9,9 +16,11 @@ __all__ = [
     "GEOMETRY_TYPES",
     "GeoQuery",
     "SpatialIndex",
+    "geojson_wkt",
     "match_points",
     "matches",
     "parse_geometry",
     "parse_geoq",
+    "point_position",
     "wkt_literal",
 ]

@@ -36,11 +36,51 @@ def parse_geometry(value: object, *, what: str = "GeoProperty value") -> shapely
     A geometry keeps its altitudes only when all its positions have one; mixed 2D/3D positions
     give a 2D geometry. Every problem raises ``BadRequestData`` naming the offending member.
     """
+    position = point_position(value)
+    if position is not None:  # a valid position is always a valid Point
+        return shapely.Point(position)
     geom = _Parser(what).geometry(value, "", nested=False)
     reason = shapely.is_valid_reason(geom)
     if reason != "Valid Geometry":
         raise BadRequestData(f"{what} is not a valid geometry: {reason}")
     return geom
+
+
+def point_position(value: object) -> Position | None:
+    """The position of a well-formed GeoJSON Point within CRS84 bounds, else None.
+
+    Points are the bulk of a city twin: checking them here, without building a shapely
+    geometry, keeps validation, WKT writing and indexing cheap on the write path. None means
+    "not a valid Point": ``parse_geometry`` then says precisely why, or handles other types.
+    """
+    if not isinstance(value, dict) or value.get("type") != "Point":
+        return None
+    coords = value.get("coordinates")
+    if not isinstance(coords, list) or not 2 <= len(coords) <= 3:
+        return None
+    position: list[float] = []
+    for item in coords:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            return None
+        try:
+            number = float(item)
+        except OverflowError:
+            return None
+        if not math.isfinite(number):
+            return None
+        position.append(number)
+    if not (-180.0 <= position[0] <= 180.0 and -90.0 <= position[1] <= 90.0):
+        return None
+    return tuple(position)
+
+
+def geojson_wkt(value: object, *, what: str = "GeoProperty value") -> str:
+    """``wkt_literal(parse_geometry(value))``, written straight from the numbers for Points."""
+    position = point_position(value)
+    if position is None:
+        return wkt_literal(parse_geometry(value, what=what))
+    tag = "POINT Z(" if len(position) == 3 else "POINT("
+    return f"{CRS84} {tag}{' '.join(_number(v) for v in position)})"
 
 
 def wkt_literal(geom: shapely.Geometry) -> str:
