@@ -33,6 +33,7 @@ from shapely.geometry.base import BaseGeometry
 from connectors.base import BadRecord, Feature, NgsiEntity, Record
 from connectors.definition import AttributeMapping, SourceDefinition, template_fields
 from twin import ns
+from twin.errors import NgsiLdError
 from twin.model import EntityReader
 from twin.terms import Terms
 
@@ -442,6 +443,18 @@ class Harmonizer:
             raise BadRecord(record.problem)
         entity, repair = self.to_ngsi(record)
         return Harmonized(self.reader.entity(entity), repair)
+
+    def attempt(self, record: Record) -> Harmonized | str:
+        """The document, or the reason the record goes to the quarantine (pull and live sync
+        share this, so a record is judged the same way wherever it comes from)."""
+        try:
+            return self.document(record)
+        except BadRecord as exc:
+            return str(exc)
+        except NgsiLdError as exc:
+            return exc.detail
+        except (ValueError, TypeError, KeyError) as exc:
+            return f"{type(exc).__name__}: {exc}"
 
     def _ngsi_document(self, record: NgsiEntity) -> Doc:
         entity = dict(record.entity)

@@ -46,7 +46,7 @@ from connectors.definition import SourceDefinition
 from connectors.harmonize import ContextTerms, Harmonizer
 from connectors.quarantine import Quarantine, QuarantineEntry, raw_record
 from connectors.registry import UnknownKind
-from connectors.sync import SyncManager, carry_timestamps, content, dataset_info
+from connectors.sync import SyncManager, carry_timestamps, content, dataset_info, iso
 from twin.entities import EntityService, append_attributes, attribute_items
 from twin.errors import BadRequestData, NgsiLdError
 from twin.model import now_iso
@@ -172,17 +172,11 @@ class LiveSink:
         items: list[tuple[str | None, Doc | NgsiLdError]] = []
         partial: dict[int, bool] = {}  # id(doc) -> the record was partial
         for record in records:
-            try:
-                doc = harmonizer.document(record).doc
-            except BadRecord as exc:
-                self._bad(record, str(exc))
+            harmonized = harmonizer.attempt(record)
+            if isinstance(harmonized, str):
+                self._bad(record, harmonized)
                 continue
-            except NgsiLdError as exc:
-                self._bad(record, exc.detail)
-                continue
-            except (ValueError, TypeError, KeyError) as exc:
-                self._bad(record, f"{type(exc).__name__}: {exc}")
-                continue
+            doc = harmonized.doc
             partial[id(doc)] = is_partial(record)
             items.append((doc["id"], doc))
         if items:
@@ -366,7 +360,7 @@ class LiveRunner:
         return self.sink.service.store
 
     def start(self) -> None:
-        self.report.started = _iso(self.started)
+        self.report.started = iso(self.started)
         try:
             describe_dataset(self.store, dataset_info(self.source), self.started)
         except Exception as exc:  # provenance must never keep a source from running
@@ -496,10 +490,6 @@ def _connected(connector: LiveConnector | None) -> bool | None:
         if isinstance(flag, threading.Event):
             return flag.is_set()
     return None
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- the manager: every live source of a deployment -------------------------------------------

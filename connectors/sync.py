@@ -214,7 +214,7 @@ class SyncRunner:
         source = self.source
         started = datetime.now(UTC)
         run_id = f"{source.id}:{started:%Y%m%dT%H%M%S}Z:{uuid.uuid4().hex[:8]}"
-        report = SyncReport(source=source.id, run_id=run_id, started=_iso(started))
+        report = SyncReport(source=source.id, run_id=run_id, started=iso(started))
         crashed = self.state.get(source.id, "journal")
         if crashed is not None:
             report.resumed = crashed.get("run_id")
@@ -246,7 +246,7 @@ class SyncRunner:
         )
         report.quarantined = len(self.entries)
         ended = datetime.now(UTC)
-        report.ended = _iso(ended)
+        report.ended = iso(ended)
         report.duration = round(time.monotonic() - clock, 3)
         try:
             record_run(self.service.store, sync_run(source, report, started, ended))
@@ -332,16 +332,9 @@ class SyncRunner:
         """Canonical documents by entity id; bad and duplicate records go to the quarantine."""
         docs: dict[str, Doc] = {}
         for record in records:
-            try:
-                harmonized = self.harmonizer.document(record)
-            except BadRecord as exc:
-                self._bad(record, str(exc))
-                continue
-            except NgsiLdError as exc:
-                self._bad(record, exc.detail)
-                continue
-            except (ValueError, TypeError, KeyError) as exc:
-                self._bad(record, f"{type(exc).__name__}: {exc}")
+            harmonized = self.harmonizer.attempt(record)
+            if isinstance(harmonized, str):
+                self._bad(record, harmonized)
                 continue
             entity_id = harmonized.doc["id"]
             if entity_id in self.seen or entity_id in docs:
@@ -478,7 +471,7 @@ class _GcPause:
 _paused_gc = _GcPause()
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -604,7 +597,7 @@ class SyncManager:
             lock.release()
 
     def _failed(self, source: SourceDefinition, error: str) -> SyncReport:
-        now = _iso(datetime.now(UTC))
+        now = iso(datetime.now(UTC))
         report = SyncReport(
             source=source.id,
             run_id=f"{source.id}:failed",
@@ -634,7 +627,7 @@ class SyncManager:
                     )
                 )
             except (ResourceNotFound, SourceBusy) as exc:
-                now = _iso(datetime.now(UTC))
+                now = iso(datetime.now(UTC))
                 reports.append(
                     SyncReport(
                         source=source_id,

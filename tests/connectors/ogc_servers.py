@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import shapefile
 
+from connectors.base import Connector, Cursor, Feature
 from tests.serverproc import free_port
 
 MAPSERV = shutil.which("mapserv")
@@ -479,3 +480,13 @@ def pygeoapi_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with running_pygeoapi(tmp_path_factory.mktemp("pygeoapi")) as url:
         yield url
+
+
+def fetch_features(connector: Connector) -> list[Feature]:
+    """Every record one full fetch yields, checked to be Features, the connector closed."""
+    try:
+        records = list(connector.fetch(Cursor()))
+    finally:
+        connector.close()
+    assert all(isinstance(r, Feature) for r in records)
+    return [r for r in records if isinstance(r, Feature)]

@@ -8,13 +8,14 @@ import pytest
 from pydantic import ValidationError
 from pyproj import Transformer
 
-from connectors.base import Cursor, Feature, SourceUnavailable
+from connectors.base import Feature, SourceUnavailable
 from connectors.definition import SourceDefinition
 from connectors.ogcapi import OgcApiConnector, with_params
 from tests.connectors.ogc_servers import (
     KNOWN_SENSOR,
     KNOWN_SENSOR_LONLAT,
     SENSOR_COUNT,
+    fetch_features,
     pygeoapi_url,
     sensor_lonlat,
 )
@@ -35,13 +36,7 @@ def ogcapi_source(endpoint: str, **options: Any) -> SourceDefinition:
 
 
 def fetch_all(endpoint: str, **options: Any) -> list[Feature]:
-    connector = OgcApiConnector(ogcapi_source(endpoint, **options))
-    try:
-        records = list(connector.fetch(Cursor()))
-    finally:
-        connector.close()
-    assert all(isinstance(r, Feature) for r in records)
-    return [r for r in records if isinstance(r, Feature)]
+    return fetch_features(OgcApiConnector(ogcapi_source(endpoint, **options)))
 
 
 def test_every_feature_by_following_next_links(pygeoapi_url: str) -> None:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from api.app import build_state
 from api.settings import Settings
-from connectors.base import Cursor, Feature, SourceUnavailable
+from connectors.base import Feature, SourceUnavailable
 from connectors.definition import SourceDefinition
 from connectors.sync import SyncManager
 from connectors.wfs import WfsConnector
@@ -22,6 +22,7 @@ from tests.connectors.ogc_servers import (
     LIGHT_COUNT,
     PARCEL_COUNT,
     MapServerCGI,
+    fetch_features,
     lambert_shapefiles,
     light_height,
     light_xy,
@@ -50,13 +51,7 @@ def wfs_source(endpoint: str, **options: Any) -> SourceDefinition:
 
 
 def fetch_all(endpoint: str, **options: Any) -> list[Feature]:
-    connector = WfsConnector(wfs_source(endpoint, **options))
-    try:
-        records = list(connector.fetch(Cursor()))
-    finally:
-        connector.close()
-    assert all(isinstance(r, Feature) for r in records)
-    return [r for r in records if isinstance(r, Feature)]
+    return fetch_features(WfsConnector(wfs_source(endpoint, **options)))
 
 
 def get_feature_requests(server: MapServerCGI, since: int) -> list[tuple[str, str]]:
