@@ -45,7 +45,8 @@ class OxigraphTenant(TenantStore):
     def __init__(self, store: Store, path: Path | None = None) -> None:
         self.store = store
         self.path = path  # None: in memory
-        self._unflushed = 0
+        self._unflushed = 0  # quads written since the last flush
+        self._unflushed_text = 0  # characters of SPARQL update text since the last flush
         # Held by every write into the store, and by a query child's fork (or read-only open)
         # so that no writer is inside the store at that instant (twin/sparql_guard.py).
         self.write_lock = threading.RLock()
@@ -92,15 +93,24 @@ class OxigraphTenant(TenantStore):
             self._written(len(added))
             return
         # One SPARQL update is one transaction: the delete and the insert land together.
-        self.store.update(
+        update = (
             f"DELETE DATA {{ {_quads_text(removed)} }} ; INSERT DATA {{ {_quads_text(added)} }}"
         )
+        self.store.update(update)
+        # Updates (PATCH, PUT, upserts of existing entities) must reach the flush too: they
+        # are most of a live city's writes, and each rewrites a whole JSON document.
+        self._written(len(removed) + len(added), len(update))
 
-    def _written(self, quads: int) -> None:
-        """Flush the write buffers now and then: they stay resident until flushed (below)."""
+    def _written(self, quads: int, text: int = 0) -> None:
+        """Flush the write buffers now and then: they stay resident until flushed (below).
+
+        Counted in quads, and in update text: a PATCH is a handful of quads, but one of them
+        is the entity's JSON document, kilobytes that the write buffers hold until a flush.
+        """
         self._unflushed += quads
-        if self._unflushed >= FLUSH_EVERY:
-            self._unflushed = 0
+        self._unflushed_text += text
+        if self._unflushed >= FLUSH_EVERY or self._unflushed_text >= FLUSH_TEXT:
+            self._unflushed = self._unflushed_text = 0
             self.store.flush()
             _release_memory()
 
@@ -178,7 +188,7 @@ class OxigraphTenant(TenantStore):
                 raise BadRequestData(str(error)) from None
             finally:
                 self._changed()
-            self._written(1)
+            self._written(1, len(update))
 
     def graphs(self) -> list[str]:
         return sorted(
@@ -220,6 +230,7 @@ def _load_trim() -> Callable[[int], int] | None:
 
 _TRIM = _load_trim()
 FLUSH_EVERY = 100_000  # quads written between flushes of the write buffers
+FLUSH_TEXT = 16 * 2**20  # or this much SPARQL update text (~1,400 PATCHes of a demo entity)
 
 
 def _lexical(term: NamedNode | BlankNode | Literal | Triple | None) -> str | None:
