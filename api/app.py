@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+from pydantic import SecretStr
 from starlette.responses import Response
 
-from api import errors
-from api.deps import AppState
+from api import errors, openapi
+from api.deps import AppState, well_formed_token
 from api.federation import broker_alias
 from api.responses import json_response
 from api.routes import (
@@ -29,6 +30,8 @@ from api.routes import (
 from api.settings import Settings
 from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
+from twin.iri import redact_client_logs
+from twin.outbound import OutboundGuard
 from twin.registrations import RegistrationStore
 from twin.store.base import StoreBackend
 from twin.store.oxigraph import OxigraphBackend
@@ -48,28 +51,35 @@ def build_backend(settings: Settings) -> StoreBackend:
 def build_state(settings: Settings) -> AppState:
     backend = build_backend(settings)
     registry = ContextRegistry(settings.data_dir / "contexts" if settings.data_dir else None)
+    outbound = OutboundGuard.from_settings(settings)  # for every server-side fetch
     resolver = ContextResolver(
         fetch_timeout=settings.context_fetch_timeout,
         max_context_bytes=settings.max_context_bytes,
         cache_ttl=settings.context_cache_ttl,
         allow_remote=settings.allow_remote_contexts,
         registry=registry,
+        guard=outbound,
     )
     token = settings.admin_token
-    if not settings.open and not token:
-        token = secrets.token_urlsafe(24)
-        log.warning("no URBIS_ADMIN_TOKEN set: writes need this generated token: %s", token)
+    if token and token.get_secret_value() and not well_formed_token(token.get_secret_value()):
+        raise ValueError("URBIS_ADMIN_TOKEN must be visible ASCII characters only (no spaces)")
+    if not settings.open and not (token and token.get_secret_value()):
+        generated = secrets.token_urlsafe(24)
+        # The one time a token is logged: the operator needs it, and nobody else set one.
+        log.warning("no URBIS_ADMIN_TOKEN set: writes need this generated token: %s", generated)
+        token = SecretStr(generated)
     state = AppState(
         settings=settings,
         twin=Twin(backend, max_scan=settings.max_scan),
         resolver=resolver,
         registry=registry,
         admin_token=token,
-        notifier=subscriptions.build_notifier(settings, resolver),
+        notifier=subscriptions.build_notifier(settings, resolver, outbound),
         registrations=RegistrationStore(
             settings.data_dir / "registrations" if settings.data_dir else None
         ),
         alias=broker_alias(settings),
+        outbound=outbound,
     )
     state.sources = sources.build_manager(state)  # connectors (api/routes/sources.py)
     return state
@@ -133,6 +143,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.urbis = state
     errors.install(app)
+    redact_client_logs()  # outbound URLs may carry credentials: none reaches the log
+    openapi.install(app, settings)  # /openapi.json: every operation described
     for module in (
         entities,
         batch,

@@ -24,7 +24,12 @@ def serve(
     data_dir: DataDir = None,
     memory: Annotated[bool, typer.Option("--memory", help="Keep the twin in memory.")] = False,
     open_access: Annotated[
-        bool, typer.Option("--open", help="Anonymous full access: local development only.")
+        bool,
+        typer.Option(
+            "--open",
+            help="Anonymous full access, and fetches from loopback: local development and "
+            "conformance runs only.",
+        ),
     ] = False,
     demo: Annotated[
         bool, typer.Option("--demo", help="Start on a generated, living demo city.")
@@ -43,7 +48,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
-    from api.http import CONTEXT_REL
+    from api.http import CONTEXT_REL, limit_headers
     from api.settings import Settings
 
     overrides: dict[str, Any] = {}
@@ -87,7 +92,15 @@ def serve(
             f"  curl -g '{base}/ngsi-ld/v1/entities?type=WasteContainer&q=fillingLevel>0.8' "
             f"-H '{link}'"
         )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        limit_headers(create_app(settings), settings.max_header_bytes),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # h11 stops reading a header block above this size; limit_headers catches the rest
+        http=settings.http_parser,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+    )
 
 
 @app.command()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import httpx
 from fastapi import Depends, Request
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from api.http import CORE_CONTEXT, link_context
@@ -18,8 +21,9 @@ from connectors.sync import SyncManager
 from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
 from twin.entities import EntityService
-from twin.errors import Unauthorized
+from twin.errors import BadRequestData, Unauthorized
 from twin.model import EntityReader
+from twin.outbound import OutboundGuard
 from twin.registrations import RegistrationStore
 from twin.store.base import DEFAULT_TENANT, check_tenant
 from twin.subscriptions import Notifier
@@ -27,6 +31,27 @@ from twin.terms import Terms
 
 log = logging.getLogger("urbis")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A bearer token is visible ASCII (RFC 6750 b64token, and any punctuation an operator chose).
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_READS: set[Callable[..., Any]] = set()
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def reads(endpoint: Endpoint) -> Endpoint:
+    """Marks a route whose method is not GET as a read (POST /entityOperations/query): the
+    access gate classifies operations, not HTTP methods. Put it below the @router lines."""
+    _READS.add(endpoint)
+    return endpoint
+
+
+def well_formed_token(token: str) -> bool:
+    return bool(_TOKEN.fullmatch(token))
+
+
+def is_write(request: Request) -> bool:
+    if request.method in SAFE_METHODS:
+        return False
+    return request.scope.get("endpoint") not in _READS
 
 
 @dataclass
@@ -37,12 +62,14 @@ class AppState:
     twin: Twin
     resolver: ContextResolver
     registry: ContextRegistry
-    admin_token: str | None
+    admin_token: SecretStr | None  # a SecretStr so that no repr or log shows it
     notifier: Notifier | None = None  # NGSI-LD subscriptions' delivery (twin.subscriptions)
     # Federation (api/federation.py): registrations, this broker's Via alias, the HTTP client.
     registrations: RegistrationStore = field(default_factory=lambda: RegistrationStore(None))
     alias: str = "urbis"
     http: httpx.AsyncClient | None = None
+    # Every server-side fetch goes through this one guard (twin/outbound.py).
+    outbound: OutboundGuard = field(default_factory=OutboundGuard)
     sources: SyncManager | None = None  # connectors: definitions, syncs (connectors/sync.py)
     live: LiveManager | None = None  # live sources: MQTT, NGSI-LD (connectors/live.py)
 
@@ -75,11 +102,19 @@ async def access_gate(request: Request, state: StateDep) -> Caller:
     """Reads are public; writes need the admin bearer token unless the server runs open."""
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    if token and not well_formed_token(token):
+        # Never echo the token: it may be a real secret sent with a stray character.
+        raise BadRequestData("the bearer token must be visible ASCII characters only")
     expected = state.admin_token
-    admin = bool(token and expected and hmac.compare_digest(token, expected))
+    admin = bool(
+        token
+        and expected is not None
+        # On bytes: compare_digest refuses non-ASCII str (a 500 once).
+        and hmac.compare_digest(token.encode("ascii"), _secret_bytes(expected))
+    )
     if state.settings.open:
         return Caller(admin=True, anonymous=not admin)
-    if request.method not in SAFE_METHODS and not admin:
+    if is_write(request) and not admin:
         if token:
             raise Unauthorized("the bearer token is not valid for writes")
         raise Unauthorized(
@@ -87,6 +122,10 @@ async def access_gate(request: Request, state: StateDep) -> Caller:
             "start with --open for anonymous local development"
         )
     return Caller(admin=admin, anonymous=token is None)
+
+
+def _secret_bytes(secret: SecretStr) -> bytes:
+    return secret.get_secret_value().encode("utf-8", "surrogateescape")
 
 
 CallerDep = Annotated[Caller, Depends(access_gate)]
@@ -109,7 +148,7 @@ def tenant_name(request: Request) -> str:
 
 async def tenant_service(request: Request, state: StateDep, _: CallerDep) -> EntityService:
     """Reads of an unknown tenant fail (NonexistentTenant); writes create it (clause 5.5.7)."""
-    create = request.method not in SAFE_METHODS
+    create = is_write(request)
     name = tenant_name(request)
     if state.twin.is_open(name):
         return state.twin.tenant(name)

@@ -31,6 +31,7 @@ from twin.entities import EntityService
 from twin.errors import NgsiLdError, ResourceNotFound, TooManyResults
 from twin.federation import EntityMerger
 from twin.model import EntityReader
+from twin.outbound import fetch_failed, guarded_async_client
 from twin.query.plan import EntityQuery
 from twin.query.typeexpr import TypeExpr, type_names
 from twin.registrations import Registration, RegistrationStore
@@ -119,8 +120,8 @@ def local_only(request: Request) -> bool:
 def http_client(state: AppState) -> httpx.AsyncClient:
     """One pooled client per app, made on first use and closed by the app's lifespan."""
     if state.http is None:
-        state.http = httpx.AsyncClient(
-            trust_env=False,  # loopback sources must not go through an environment's proxy
+        state.http = guarded_async_client(  # sources: public addresses unless allowed
+            state.outbound,
             follow_redirects=False,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
@@ -441,11 +442,10 @@ async def _send(
         )
         # httpx's timeout bounds each phase; wait_for bounds the whole exchange.
         response = await asyncio.wait_for(request_sent, timeout)
-    except (httpx.TimeoutException, TimeoutError):
-        _fail(state, tenant, reg, answer, 199, f"{url} did not answer within {timeout:g} s")
-        return None
-    except httpx.HTTPError as exc:
-        _fail(state, tenant, reg, answer, 199, f"{url} could not be reached: {exc}")
+    except (httpx.HTTPError, TimeoutError) as exc:
+        # One text for refused, closed and timed out: the warnings are no port scanner.
+        why = exc if str(exc) else f"no answer within {timeout:g} s"
+        _fail(state, tenant, reg, answer, 199, f"{url}: {fetch_failed('source', url, why)}")
         return None
     remote_warning = response.headers.get(WARNING_HEADER.lower())
     if remote_warning:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from twin.outbound import OutboundGuard
 
 
 class Settings(BaseSettings):
@@ -20,7 +22,9 @@ class Settings(BaseSettings):
         default=None, description="On-disk store directory; None keeps the twin in memory."
     )
     open: bool = Field(default=False, description="Anonymous full access (development only).")
-    admin_token: str | None = Field(default=None, description="Bearer token required for writes.")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token required for writes (a secret: never shown)."
+    )
     demo: bool = False
     demo_live_seconds: float = Field(default=5.0, description="Demo update period; 0 disables.")
     demo_mqtt_url: str | None = Field(
@@ -39,14 +43,44 @@ class Settings(BaseSettings):
     max_json_depth: int = 64
     max_batch_size: int = 5000
     max_page_size: int = 1000
+    max_offset: int = Field(
+        default=1_000_000, ge=0, description="Largest offset of a query: deeper pages are a 400."
+    )
     default_page_size: int = 20
     max_q_length: int = 4096
+    max_query_terms: int = Field(
+        default=100,
+        ge=1,
+        description="Terms of q, type or scopeQ, and EntitySelectors, in one query; more is a "
+        "TooComplexQuery (the store's planning cost grows faster than the terms).",
+    )
+    max_query_depth: int = Field(
+        default=32, ge=1, description="Nesting of brackets in q, type or scopeQ."
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=4096,
+        description="Request line and headers together; larger requests are refused (h11).",
+    )
+    http_parser: Literal["h11", "httptools"] = Field(
+        default="h11",
+        description="h11 enforces max_header_bytes; httptools is faster but has no header "
+        "limit: use it only behind a proxy that limits headers.",
+    )
     max_scan: int = 200_000
 
     context_fetch_timeout: float = 5.0
     max_context_bytes: int = 1_000_000
     context_cache_ttl: float = 3600.0
     allow_remote_contexts: bool = True
+
+    # -- outbound fetches: contexts, notifications, federation, connectors (twin/outbound.py)
+    outbound_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Destinations fetched even though private: hosts, host:port, CIDRs or "
+        "http(s) URL prefixes, comma-separated. Public addresses are always allowed; loopback "
+        "too with --open.",
+    )
 
     # -- store backend (twin/store) --------------------------------------------------------
     store: Literal["oxigraph", "sparql"] = Field(
@@ -68,6 +102,11 @@ class Settings(BaseSettings):
     sparql_timeout: float = Field(default=30.0, description="Seconds before a query is stopped.")
     sparql_max_rows: int = Field(default=1_000_000, description="Rows or triples per result.")
     sparql_max_query_length: int = Field(default=100_000, description="Characters per query.")
+    sparql_service_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Endpoints a federated SERVICE clause may call (admin callers only), "
+        "comma-separated; empty: SERVICE is refused.",
+    )
 
     # -- connectors (connectors/) ----------------------------------------------------------
     sources_dir: Path | None = Field(
@@ -98,11 +137,19 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Most entities (offset + limit) a distributed query sees."
     )
 
+    @field_validator("outbound_allow", "sparql_service_allow", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
         self.area()  # refuse a malformed service area at start
+        OutboundGuard(self.outbound_allow)  # and a malformed allow-list entry
         if self.store == "sparql" and not self.sparql_url:
             raise ValueError("URBIS_STORE=sparql needs URBIS_SPARQL_URL")
         return self

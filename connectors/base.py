@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from connectors.definition import SourceDefinition
+from twin.outbound import OutboundGuard
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,20 @@ class Connector(ABC):
     # at load time, so a typo in [options] is reported with its field path before any sync.
     options_model: ClassVar[type[Any] | None] = None
 
-    def __init__(self, source: SourceDefinition, secret: str | None = None) -> None:
+    def __init__(
+        self,
+        source: SourceDefinition,
+        secret: str | None = None,
+        *,
+        guard: OutboundGuard | None = None,
+    ) -> None:
         self.source = source
         self.secret = secret  # resolved from source.credentials; never stored in the file
+        # Where the connector may connect (twin/outbound.py): public addresses, or what the
+        # operator allows. Sources come from the admin API too: a leaked token must not
+        # turn connectors into a scanner of the city's network. Make HTTP clients with
+        # twin.outbound.guarded_client(self.guard, ...).
+        self.guard = guard or OutboundGuard()
 
     @abstractmethod
     def fetch(self, cursor: Cursor) -> Iterator[Record]:

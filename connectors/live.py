@@ -45,7 +45,7 @@ from connectors.base import BadRecord, LiveConnector, NgsiEntity, Record
 from connectors.definition import SourceDefinition
 from connectors.harmonize import ContextTerms, Harmonizer
 from connectors.quarantine import Quarantine, QuarantineEntry, raw_record
-from connectors.registry import UnknownKind
+from connectors.registry import UnknownKind, construct
 from connectors.sync import SyncManager, carry_timestamps, content, dataset_info, iso
 from twin.entities import EntityService, append_attributes, attribute_items
 from twin.errors import BadRequestData, NgsiLdError
@@ -584,7 +584,7 @@ class LiveManager:
         )
 
         def create() -> LiveConnector:
-            connector = cls(source, secret)
+            connector = construct(cls, source, secret, self.sources.guard)
             assert isinstance(connector, LiveConnector)
             return connector
 

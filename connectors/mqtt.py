@@ -59,6 +59,7 @@ from twin import ns
 from twin.entities import EntityService, append_attributes, attribute_items
 from twin.errors import NgsiLdError
 from twin.model import EntityReader, now_iso
+from twin.outbound import OutboundGuard, OutboundRefused, fetch_failed
 from twin.terms import Terms
 
 log = logging.getLogger("urbis.connectors.mqtt")
@@ -262,8 +263,14 @@ class MqttConnector(LiveConnector):
     kind: ClassVar[str] = "mqtt"
     options_model: ClassVar[type[Any] | None] = MqttOptions
 
-    def __init__(self, source: SourceDefinition, secret: str | None = None) -> None:
-        super().__init__(source, secret)
+    def __init__(
+        self,
+        source: SourceDefinition,
+        secret: str | None = None,
+        *,
+        guard: OutboundGuard | None = None,
+    ) -> None:
+        super().__init__(source, secret, guard=guard)
         self.options = MqttOptions.model_validate(source.options)
         self.host, self.port = broker_address(source.endpoint)
         self.client_id = self.options.client_id or f"urbis-{source.id}"
@@ -292,7 +299,8 @@ class MqttConnector(LiveConnector):
 
     def run(self, sink: Sink, stop: threading.Event) -> None:
         client = self._client()
-        client.connect_async(self.host, self.port, keepalive=self.options.keepalive)
+        address = self._checked_address()
+        client.connect_async(address, self.port, keepalive=self.options.keepalive)
         client.loop_start()  # paho's thread: network I/O, reconnects with backoff
         try:
             self._deliver(sink, stop)
@@ -300,6 +308,19 @@ class MqttConnector(LiveConnector):
             client.disconnect()
             client.loop_stop()
             self._drain(sink)
+
+    def _checked_address(self) -> str:
+        """The broker's address, checked by the outbound guard; paho is given the address, not
+        the name, so that it connects where the guard looked (and not where DNS says later)."""
+        if self.guard.names(self.host, self.port):
+            return self.host
+        try:
+            return self.guard.addresses(self.host, self.port)[0]
+        except OutboundRefused as error:
+            endpoint = self.source.endpoint or self.host
+            raise SourceUnavailable(
+                f"mqtt broker {endpoint}: {fetch_failed('mqtt broker', endpoint, error)}"
+            ) from None
 
     def _client(self) -> mqtt.Client:
         client = mqtt.Client(

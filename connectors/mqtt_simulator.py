@@ -25,6 +25,7 @@ from connectors.definition import SourceDefinition
 from connectors.mqtt import MqttConnector, TwinSink, broker_address
 from twin import demo
 from twin.entities import EntityService
+from twin.outbound import OutboundGuard
 from twin.terms import Terms
 
 log = logging.getLogger("urbis.connectors.mqtt_simulator")
@@ -105,7 +106,9 @@ def demo_source(broker_url: str, context: Any) -> SourceDefinition:
 
 
 def run_simulator(broker_url: str, stop: threading.Event, period: float, *, seed: int = 7) -> None:
-    """Publish a tick of readings every `period` seconds until `stop` (QoS 1)."""
+    """Publish a tick of readings every `period` seconds until `stop` (QoS 1). The broker is
+    the operator's (URBIS_DEMO_MQTT_URL), like the store's URL: not through the outbound
+    guard; the connector that reads it back is."""
     host, port = broker_address(broker_url)
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"urbis-demo-sim-{uuid.uuid4().hex[:8]}"
@@ -132,11 +135,12 @@ def start_demo_feed(
     *,
     graph: str,
     period: float = 5.0,
+    guard: OutboundGuard | None = None,
 ) -> Callable[[], None]:
     """Start the simulator and the connector into `service`; returns the function that stops
-    both (the hook for api/demo.py)."""
+    both (the hook for api/demo.py). `guard`: where the connector may connect."""
     stop = threading.Event()
-    connector = MqttConnector(demo_source(broker_url, context))
+    connector = MqttConnector(demo_source(broker_url, context), guard=guard)
     sink = TwinSink(service, resolve, graph=graph)
     threads = [
         threading.Thread(target=connector.run, args=(sink, stop), name="demo-mqtt", daemon=True),

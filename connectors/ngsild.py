@@ -36,12 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connectors.base import Connector, Cursor, NgsiEntity, Record, SourceUnavailable
 from connectors.definition import SourceDefinition
+from twin.errors import BadRequestData
+from twin.linkheader import parse_links
+from twin.outbound import OutboundGuard, guarded_client
 
 log = logging.getLogger("urbis.connectors.ngsild")
 
 JSONLD_CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 FALLBACK_LIMIT = 100  # the smallest common cap (Stellio's default)
-_LINK = re.compile(r"<([^>]*)>\s*;([^,]*)")
 _SINCE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
 
@@ -81,8 +83,14 @@ class NgsiLdConnector(Connector):
     kind: ClassVar[str] = "ngsild"
     options_model: ClassVar[type[Any] | None] = NgsiLdOptions
 
-    def __init__(self, source: SourceDefinition, secret: str | None = None) -> None:
-        super().__init__(source, secret)
+    def __init__(
+        self,
+        source: SourceDefinition,
+        secret: str | None = None,
+        *,
+        guard: OutboundGuard | None = None,
+    ) -> None:
+        super().__init__(source, secret, guard=guard)
         if not source.endpoint or not source.endpoint.startswith(("http://", "https://")):
             raise ValueError(
                 f"source {source.id!r}: endpoint must be the broker's base URL "
@@ -91,7 +99,9 @@ class NgsiLdConnector(Connector):
         self.base = source.endpoint.rstrip("/").removesuffix("/ngsi-ld/v1")
         self.options = NgsiLdOptions.model_validate(source.options)
         self.limit = self.options.page_size
-        self.http = httpx.Client(timeout=self.options.timeout, headers=self._headers())
+        self.http = guarded_client(
+            self.guard, timeout=self.options.timeout, headers=self._headers()
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -139,7 +149,7 @@ class NgsiLdConnector(Connector):
             entities = _entities(response, self.source.id)
             if total is None and "NGSILD-Results-Count" in response.headers:
                 total = _int(response.headers["NGSILD-Results-Count"])
-            link_context = _link_context(response.headers.get("Link", ""))
+            link_context = _link_context(response.headers.get("Link", ""), self.source.id)
             for entity in entities:
                 context = entity.pop("@context", None) or link_context or self.options.context
                 latest = _later(latest, self._modified_at(entity))
@@ -204,12 +214,14 @@ def _entities(response: httpx.Response, source_id: str) -> list[dict[str, Any]]:
     return body
 
 
-def _link_context(header: str) -> str | None:
-    """The @context URL of a Link response header (application/json answers)."""
-    for url, attributes in _LINK.findall(header):
-        if JSONLD_CONTEXT_REL in attributes:
-            return str(url)
-    return None
+def _link_context(header: str, source_id: str) -> str | None:
+    """The @context URL of a Link response header (application/json answers), read by the
+    linear parser the API uses (a regex here was quadratic on a hostile broker's header)."""
+    try:
+        links = parse_links(header)
+    except BadRequestData as e:  # the broker's fault, not a client's: no 400 from here
+        raise ValueError(f"source {source_id!r}: the broker's Link header: {e.detail}") from None
+    return next((url.strip() for url, rels in links if JSONLD_CONTEXT_REL in rels), None)
 
 
 def _later(a: str | None, b: str | None) -> str | None:

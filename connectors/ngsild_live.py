@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connectors.base import Cursor, LiveConnector, NgsiEntity, Record, Sink, SourceUnavailable
 from connectors.definition import SourceDefinition
+from twin.outbound import OutboundGuard, guarded_client
 
 log = logging.getLogger("urbis.connectors.ngsild_live")
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
@@ -75,8 +76,14 @@ class NgsiLdLiveConnector(LiveConnector):
     kind: ClassVar[str] = "ngsild-live"
     options_model: ClassVar[type[Any] | None] = LiveOptions
 
-    def __init__(self, source: SourceDefinition, secret: str | None = None) -> None:
-        super().__init__(source, secret)
+    def __init__(
+        self,
+        source: SourceDefinition,
+        secret: str | None = None,
+        *,
+        guard: OutboundGuard | None = None,
+    ) -> None:
+        super().__init__(source, secret, guard=guard)
         self.options = LiveOptions.model_validate(source.options)
         if not source.endpoint:
             raise SourceUnavailable("an ngsild-live source needs the broker's base URL")
@@ -102,7 +109,7 @@ class NgsiLdLiveConnector(LiveConnector):
         thread.start()
         host = self.options.notify_host or self.options.bind_host
         self.notify_url = f"http://{host}:{server.server_address[1]}/notify/{self._token}"
-        client = httpx.Client(timeout=self.options.timeout, headers=self._headers())
+        client = guarded_client(self.guard, timeout=self.options.timeout, headers=self._headers())
         try:
             self._keep_subscribed(client, stop, sink)
         finally:

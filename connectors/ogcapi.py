@@ -1,10 +1,11 @@
 """OGC API - Features sources (a water utility's flood sensors, ...): kind "ogcapi".
 
-OWSLib reads the conformance classes and the collection's metadata (its `crs` list, its items
-link). Items are then fetched with httpx, page by page, by following the `next` links, which
-OWSLib does not do. Some servers (pygeoapi among them) drop query parameters such as `f` or
-`bbox` from their `next` links, so the parameters this connector sent are put back into each
-next link that lacks them. A `crs` is asked for only where the server declares Part 2 (CRS by
+The conformance classes and the collection's metadata (its `crs` list, its items link) are
+read first, then the items, page by page, by following the `next` links; all of it with httpx
+through the outbound guard (twin/outbound.py), not OWSLib, whose requests would bypass it.
+Some servers (pygeoapi among them) drop query parameters such as `f` or `bbox` from their
+`next` links, so the parameters this connector sent are put back into each next link that
+lacks them. A `crs` is asked for only where the server declares Part 2 (CRS by
 reference) and lists that CRS for the collection; otherwise features come in CRS84, as Part 1
 requires. The CRS of each page is read from its `Content-Crs` header.
 """
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from connectors.base import Connector, Cursor, Feature, Record, SourceUnavailable
 from connectors.definition import SourceDefinition
 from connectors.gml import crs_code
+from twin.outbound import OutboundGuard, guarded_client
 
 log = logging.getLogger("urbis.connectors.ogcapi")
 
@@ -83,8 +85,14 @@ class OgcApiConnector(Connector):
     kind: ClassVar[str] = "ogcapi"
     options_model: ClassVar[type[Any] | None] = OgcApiOptions
 
-    def __init__(self, source: SourceDefinition, secret: str | None = None) -> None:
-        super().__init__(source, secret)
+    def __init__(
+        self,
+        source: SourceDefinition,
+        secret: str | None = None,
+        *,
+        guard: OutboundGuard | None = None,
+    ) -> None:
+        super().__init__(source, secret, guard=guard)
         if not source.endpoint or not source.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"source {source.id!r}: endpoint must be the OGC API landing URL")
         self.endpoint = source.endpoint.rstrip("/")
@@ -92,35 +100,40 @@ class OgcApiConnector(Connector):
         headers = {"Accept": "application/geo+json, application/json;q=0.9"}
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
-        self.http = httpx.Client(timeout=self.options.timeout, headers=headers)
+        self.http = guarded_client(self.guard, timeout=self.options.timeout, headers=headers)
 
     def close(self) -> None:
         self.http.close()
 
-    # -- discovery (OWSLib) ---------------------------------------------------------------------
+    # -- discovery ------------------------------------------------------------------------------
 
     def _discover(self) -> tuple[list[str], dict[str, Any]]:
         """(conformance classes, the collection's metadata)."""
-        from owslib.ogcapi.features import Features
+        conformance = self._metadata(f"{self.endpoint}/conformance", missing_ok=True)
+        collection = self._metadata(f"{self.endpoint}/collections/{self.options.collection}")
+        return list(conformance.get("conformsTo") or []), collection
 
-        try:
-            api = Features(self.endpoint, timeout=int(self.options.timeout))
-            conformance = list(api.conformance().get("conformsTo", []))
-            collection = dict(api.collection(self.options.collection))
-        except RuntimeError as e:  # OWSLib's error for a non-2xx answer: which one?
-            self._raise_for_status(f"{self.endpoint}/collections/{self.options.collection}")
-            raise SourceUnavailable(f"{self.endpoint}: {str(e)[:300]}") from e
-        except Exception as e:  # requests' connection errors, timeouts, bad JSON
-            raise SourceUnavailable(
-                f"{self.endpoint} cannot be reached: {type(e).__name__}: {e}"
-            ) from e
-        return conformance, collection
-
-    def _raise_for_status(self, url: str) -> None:
+    def _metadata(self, url: str, missing_ok: bool = False) -> dict[str, Any]:
         try:
             response = self.http.get(url, params={"f": "json"})
         except httpx.HTTPError as e:
-            raise SourceUnavailable(f"{url} cannot be reached: {e}") from e
+            raise SourceUnavailable(
+                f"{self.endpoint} cannot be reached: {type(e).__name__}: {e}"
+            ) from e
+        if missing_ok and response.status_code == 404:
+            return {}  # no /conformance: Part 1 only
+        self._raise_for_status(url, response)
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as e:
+            raise SourceUnavailable(f"{url}: the answer is not JSON") from e
+        if not isinstance(body, dict):
+            raise SourceUnavailable(f"{url}: the answer is not a JSON object")
+        return body
+
+    def _raise_for_status(self, url: str, response: httpx.Response) -> None:
+        if response.status_code >= 500 or response.status_code in {408, 429}:
+            raise SourceUnavailable(f"{url}: HTTP {response.status_code}")
         if response.status_code == 404:
             raise ValueError(
                 f"source {self.source.id!r}: collection {self.options.collection!r} does not "

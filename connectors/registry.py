@@ -12,6 +12,7 @@ optional dependency of one connector (say, paho-mqtt) never breaks the others.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import threading
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from connectors.base import Connector
 from connectors.definition import SourceDefinition, field_path
+from twin.outbound import OutboundGuard
 
 log = logging.getLogger("urbis.connectors")
 GROUP = "urbis.connectors"
@@ -128,8 +130,13 @@ class ConnectorRegistry:
             raise UnknownKind(f"unknown kind {kind!r}; known kinds: {known}")
         return kinds[kind]
 
-    def create(self, source: SourceDefinition, secret: str | None = None) -> Connector:
-        return self.get(source.kind)(source, secret)
+    def create(
+        self,
+        source: SourceDefinition,
+        secret: str | None = None,
+        guard: OutboundGuard | None = None,
+    ) -> Connector:
+        return construct(self.get(source.kind), source, secret, guard)
 
     def check(self, source: SourceDefinition) -> list[tuple[str, str]]:
         """Definition problems only the registry can see: the kind, and the kind's options."""
@@ -148,6 +155,16 @@ class ConnectorRegistry:
                 for item in error.errors()
             ]
         return []
+
+
+def construct(
+    cls: type[Connector], source: SourceDefinition, secret: str | None, guard: OutboundGuard | None
+) -> Connector:
+    """A connector with the deployment's outbound guard, for the kinds that take one (a
+    plugin written before guards existed takes (source, secret) only)."""
+    if guard is not None and "guard" in inspect.signature(cls).parameters:
+        return cls(source, secret, guard=guard)
+    return cls(source, secret)
 
 
 _default: ConnectorRegistry | None = None

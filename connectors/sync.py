@@ -46,6 +46,7 @@ from twin.core import Twin
 from twin.entities import EntityService
 from twin.errors import NgsiLdError, ResourceNotFound
 from twin.model import SYSTEM_MEMBERS, now_iso
+from twin.outbound import OutboundGuard
 from twin.provenance import DatasetInfo, SyncRun, describe_dataset, record_run
 from twin.query.sparql import iri
 from twin.rdf import dump_document, load_document
@@ -195,8 +196,10 @@ class SyncRunner:
         progress: Progress | None = None,
         sleep: Callable[[float], None] = time.sleep,
         bulk: bool = False,
+        guard: OutboundGuard | None = None,
     ) -> None:
         self.source = source
+        self.guard = guard
         self.service = service
         self.harmonizer = harmonizer
         self.registry = registry
@@ -270,7 +273,7 @@ class SyncRunner:
                 return
         attempt = 0
         while True:
-            connector = self.registry.create(self.source, secret)
+            connector = self.registry.create(self.source, secret, self.guard)
             try:
                 self.entries.clear()  # a retry meets the same bad records again
                 self._consume(connector.fetch(cursor), report)
@@ -521,10 +524,13 @@ class SyncManager:
         sources_dir: Path | None = None,
         registry: ConnectorRegistry | None = None,
         area: tuple[float, float, float, float] | None = None,
+        guard: OutboundGuard | None = None,
     ) -> None:
         """Definitions in `sources_dir` (default <data_dir>/sources); state under
-        <data_dir>/connectors; everything in memory when `data_dir` is None."""
+        <data_dir>/connectors; everything in memory when `data_dir` is None. `guard`: where
+        connectors may connect (default: public addresses only)."""
         self.twin = twin
+        self.guard = guard or OutboundGuard()
         self.resolver = resolver
         self.contexts = contexts
         self.registry = registry or default_registry()
@@ -591,6 +597,7 @@ class SyncManager:
                 progress=progress,
                 sleep=sleep,
                 bulk=bulk,
+                guard=self.guard,
             )
             return runner.run()
         finally:

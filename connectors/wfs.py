@@ -1,12 +1,14 @@
 """OGC WFS 2.0 sources (a GIS department's street lights, parcels, ...): kind "wfs".
 
-OWSLib reads the capabilities (feature types, output formats, the GetFeature URLs) and the
-DescribeFeatureType schema (property types, to type GML text). GetFeature goes through httpx
-directly, one page at a time with COUNT/STARTINDEX: by KVP GET without a filter, by an XML POST
-with one, because servers ignore a filter that OWSLib puts in a GET URL. GeoJSON is asked for
-where the server lists it (it parses 5-10x faster than GML); GML 3.2 is read by connectors.gml
-otherwise. Features come out in the CRS of the answer (its srsName / GeoJSON `crs`), which the
-framework reprojects; a server that does not say falls back to the definition's `crs`.
+OWSLib parses the capabilities (feature types, output formats, the GetFeature URLs) and the
+DescribeFeatureType schema (property types, to type GML text), which httpx fetches through the
+outbound guard (twin/outbound.py; OWSLib's own requests would bypass it). GetFeature goes
+through httpx too, one page at a time with COUNT/STARTINDEX: by KVP GET without a filter, by an
+XML POST with one, because servers ignore a filter that OWSLib puts in a GET URL. GeoJSON is
+asked for where the server lists it (it parses 5-10x faster than GML); GML 3.2 is read by
+connectors.gml otherwise. Features come out in the CRS of the answer (its srsName / GeoJSON
+`crs`), which the framework reprojects; a server that does not say falls back to the
+definition's `crs`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from connectors.base import Connector, Cursor, Feature, Record, SourceUnavailable
 from connectors.definition import SourceDefinition
 from connectors.gml import GmlError, crs_code, north_first, parse_feature_collection
+from twin.outbound import OutboundGuard, guarded_client
 
 log = logging.getLogger("urbis.connectors.wfs")
 
@@ -77,31 +80,48 @@ class WfsConnector(Connector):
     kind: ClassVar[str] = "wfs"
     options_model: ClassVar[type[Any] | None] = WfsOptions
 
-    def __init__(self, source: SourceDefinition, secret: str | None = None) -> None:
-        super().__init__(source, secret)
+    def __init__(
+        self,
+        source: SourceDefinition,
+        secret: str | None = None,
+        *,
+        guard: OutboundGuard | None = None,
+    ) -> None:
+        super().__init__(source, secret, guard=guard)
         if not source.endpoint or not source.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"source {source.id!r}: endpoint must be the WFS http(s) URL")
         self.endpoint = source.endpoint
         self.options = WfsOptions.model_validate(source.options)
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}
-        self.http = httpx.Client(timeout=self.options.timeout, headers=headers)
+        self.http = guarded_client(self.guard, timeout=self.options.timeout, headers=headers)
 
     def close(self) -> None:
         self.http.close()
 
     # -- discovery ------------------------------------------------------------------------------
 
+    def _get_xml(self, request: str, **params: str) -> bytes:
+        """A KVP request through the guarded client (OWSLib would fetch with requests, past
+        the outbound guard): its body, or SourceUnavailable."""
+        query = {"SERVICE": "WFS", "VERSION": "2.0.0", "REQUEST": request, **params}
+        try:
+            response = self.http.get(self.endpoint, params=query)
+        except httpx.HTTPError as e:
+            raise _unavailable(self.endpoint, e) from e
+        if response.status_code >= 400:
+            raise SourceUnavailable(
+                f"{self.endpoint}: {request} answered HTTP {response.status_code}"
+            )
+        return response.content
+
     def _capabilities(self) -> Any:
         from owslib.wfs import WebFeatureService
 
+        xml = self._get_xml("GetCapabilities")
         try:
-            return WebFeatureService(
-                self.endpoint, version="2.0.0", timeout=int(self.options.timeout)
-            )
-        except ET.ParseError as e:
+            return WebFeatureService(self.endpoint, version="2.0.0", xml=xml)
+        except Exception as e:  # lxml's or ElementTree's parse errors
             raise SourceUnavailable(f"{self.endpoint}: capabilities are not XML: {e}") from e
-        except Exception as e:  # requests' errors: connection refused, HTTP 5xx, timeouts
-            raise _unavailable(self.endpoint, e) from e
 
     def _typename(self, wfs: Any) -> str:
         names = list(wfs.contents)
@@ -148,10 +168,17 @@ class WfsConnector(Connector):
 
     def _schema(self, typename: str) -> dict[str, str]:
         """Property name -> XSD type from DescribeFeatureType (to type GML values)."""
-        from owslib.feature.schema import get_schema
+        from owslib.etree import etree
+        from owslib.feature.schema import XS_NAMESPACE, _construct_schema, _get_elements
 
+        # owslib's get_schema, minus its own (unguarded) fetch: same private helpers, pinned.
         try:
-            schema = get_schema(self.endpoint, typename, "2.0.0", timeout=int(self.options.timeout))
+            root = etree.fromstring(self._get_xml("DescribeFeatureType", TYPENAME=typename))
+            element = root.find(f"./{{{XS_NAMESPACE}}}element")
+            schema = None
+            if element is not None:
+                elements = _get_elements(element.attrib["type"].split(":")[1], root)
+                schema = _construct_schema(elements, getattr(root, "nsmap", None))
         except Exception as e:
             log.warning("%s: DescribeFeatureType failed (%s); GML values stay text", typename, e)
             return {}

@@ -41,6 +41,7 @@ from twin.errors import (
     OperationNotSupported,
     ResourceNotFound,
 )
+from twin.outbound import OutboundGuard, fetch_failed, guarded_client
 
 _KEYWORD_NAMES = (
     "@base @container @context @direction @graph @id @import @included @index @json @language "
@@ -725,7 +726,9 @@ class ContextResolver:
         transport: httpx.BaseTransport | None = None,
         max_depth: int = 5,
         max_term_maps: int = 1024,
+        guard: OutboundGuard | None = None,
     ) -> None:
+        """`guard`: which addresses may be fetched (default: public ones only)."""
         self.fetch_timeout = fetch_timeout
         self.max_context_bytes = max_context_bytes
         self.cache_ttl = cache_ttl
@@ -733,11 +736,12 @@ class ContextResolver:
         self.registry = registry if registry is not None else ContextRegistry()
         self.max_depth = max_depth
         self.max_term_maps = max_term_maps
-        self._client = httpx.Client(
-            timeout=fetch_timeout,
+        self._client = guarded_client(
+            guard or OutboundGuard(),
             transport=transport,
-            follow_redirects=True,
-            max_redirects=5,
+            timeout=fetch_timeout,
+            follow_redirects=True,  # each hop goes through the guard again
+            max_redirects=3,
             headers={
                 "Accept": "application/ld+json, application/json;q=0.9",
                 "Accept-Encoding": "identity",  # so max_context_bytes bounds what we decode
@@ -894,9 +898,9 @@ class ContextResolver:
         try:
             with self._client.stream("GET", url) as response:
                 if response.status_code != 200:
+                    why = f"HTTP {response.status_code}"
                     raise LdContextNotAvailable(
-                        f"cannot load @context {url}: the server answered HTTP "
-                        f"{response.status_code}"
+                        f"cannot load @context {url}: {fetch_failed('@context', url, why)}"
                     )
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > limit:
@@ -913,12 +917,11 @@ class ContextResolver:
                         )
                     if time.monotonic() > deadline:
                         raise httpx.ReadTimeout("total time exceeded")
-        except httpx.TimeoutException:
-            raise LdContextNotAvailable(
-                f"cannot load @context {url}: no complete answer within {self.fetch_timeout} s"
-            ) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise LdContextNotAvailable(f"cannot load @context {url}: {exc}") from None
+            # One detail for refused, closed, filtered (timeout) and bad answers: no port scan.
+            raise LdContextNotAvailable(
+                f"cannot load @context {url}: {fetch_failed('@context', url, exc)}"
+            ) from None
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -27,8 +27,10 @@ from api.http import JSON, JSONLD, accept, entity_body
 from api.params import boolean, integer, name_list, options
 from api.render import context_headers
 from api.responses import json_response
-from twin.errors import BadRequestData, TooManyResults
+from twin.errors import TooManyResults
 from twin.model import check_uri
+from twin.outbound import check_endpoint
+from twin.query.idpattern import compile_id_pattern
 from twin.query.typeexpr import parse_types
 from twin.registrations import Registration, RegistrationReader, local_conflict, render
 
@@ -82,6 +84,7 @@ async def create_registration(
     )
     ctx = await resolve_context_async(state, context)
     reg = RegistrationReader(ctx.terms).create(body)
+    await run_in_threadpool(check_endpoint, state.outbound, reg.endpoint, "endpoint")
     await run_in_threadpool(local_conflict, reg, service)
     state.registrations.create(tenant_name(request), reg)
     return Response(status_code=201, headers={"Location": BASE + quote(reg.id, safe=":/")})
@@ -130,12 +133,7 @@ async def query_registrations(
 
 
 def _check_pattern(pattern: str) -> None:
-    import re
-
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from None
+    compile_id_pattern(pattern)  # one meaning with queries and registrations
 
 
 @router.get("/csourceRegistrations/{reg_id:path}")
@@ -166,6 +164,7 @@ async def update_registration(
 
     def change(current: Registration) -> Registration:
         new = reader.patch(current, body)
+        check_endpoint(state.outbound, new.endpoint, "endpoint")
         local_conflict(new, service)
         return new
 

@@ -37,6 +37,7 @@ def build_manager(state: AppState) -> SyncManager:
         data_dir=settings.data_dir,
         sources_dir=settings.sources_dir,
         area=settings.area(),
+        guard=state.outbound,
     )
 
 

@@ -38,6 +38,7 @@ from api.sparql_stream import AbortableStreamingResponse, start
 from twin import geosparql, ns
 from twin.entities import EntityService
 from twin.errors import BadRequestData, NgsiLdError
+from twin.sparql_service import check_service, mentions_service
 from twin.sparql_update import apply_update
 
 router = APIRouter(tags=["sparql"])
@@ -73,7 +74,7 @@ async def _reader(request: Request, state: AppState) -> Caller:
 async def sparql_query(request: Request, state: StateDep) -> Response:
     """SPARQL 1.1 Protocol query operation (GET, POST form, POST application/sparql-query)."""
     try:
-        await _reader(request, state)
+        caller = await _reader(request, state)
         settings = state.settings
         operation = await read_operation(
             request,
@@ -86,6 +87,7 @@ async def sparql_query(request: Request, state: StateDep) -> Response:
             raise BadRequestData("no SPARQL query: send it as 'query' (or GET without one)")
         if operation.is_update or looks_like_update(operation.text):
             raise BadRequestData(UPDATE_HINT)
+        await _check_service(operation.text, state, caller.admin)
         accept = request.headers.get("accept")
         acceptable_at_all(accept)
         service = await _service(state, request, create=False)
@@ -99,6 +101,14 @@ async def sparql_query(request: Request, state: StateDep) -> Response:
     # The body may end with an Aborted marker, which only this response class understands.
     stream = cast(AsyncIterator[bytes], body)
     return AbortableStreamingResponse(stream, media_type=content_type(ready.fmt), headers=headers)
+
+
+async def _check_service(text: str, state: AppState, admin: bool, update: bool = False) -> None:
+    """SERVICE would make the engine (in process, in the guard's child or remote) call out:
+    refused unless allowed (twin/sparql_service.py); parsed only when it may be there."""
+    if mentions_service(text):
+        allow = state.settings.sparql_service_allow
+        await run_in_threadpool(check_service, text, allow=allow, admin=admin, update=update)
 
 
 def _run(service: EntityService, operation: Operation, state: AppState) -> Any:
@@ -169,6 +179,7 @@ async def sparql_update(request: Request, state: StateDep) -> Response:
             raise BadRequestData("a query was sent to /sparql/update: send queries to /sparql")
         if operation.default_graphs or operation.named_graphs:
             raise BadRequestData("using-graph-uri and using-named-graph-uri are not supported")
+        await _check_service(operation.text, state, True, update=True)
         service = await _service(state, request, create=True)
         await run_in_threadpool(apply_update, service, operation.text)
     except NgsiLdError as error:

@@ -21,6 +21,7 @@ from api.settings import Settings
 from twin.context import ContextResolver
 from twin.errors import BadRequestData, InternalError, TooManyResults
 from twin.model import check_uri, now_iso
+from twin.outbound import OutboundGuard, check_endpoint
 from twin.subscriptions import (
     Notifier,
     Subscription,
@@ -32,12 +33,20 @@ from twin.subscriptions import (
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["subscriptions"])
 BASE = "/ngsi-ld/v1/subscriptions/"
+ENDPOINT = "notification.endpoint.uri"
+
+
+def _uri(parsed: dict[str, Any]) -> str:
+    uri: str = parsed["notification"]["endpoint"]["uri"]
+    return uri
 
 
 # -- wiring (called by api.app) ---------------------------------------------------------------
 
 
-def build_notifier(settings: Settings, resolver: ContextResolver) -> Notifier:
+def build_notifier(
+    settings: Settings, resolver: ContextResolver, guard: OutboundGuard | None = None
+) -> Notifier:
     """Subscriptions live in <data dir>/subscriptions/, or in memory with the twin."""
     directory = settings.data_dir / "subscriptions" if settings.data_dir else None
     return Notifier(
@@ -46,6 +55,7 @@ def build_notifier(settings: Settings, resolver: ContextResolver) -> Notifier:
         queue_size=settings.notification_queue_size,
         timeout=settings.notification_timeout,
         max_q_length=settings.max_q_length,
+        guard=guard,
     )
 
 
@@ -93,6 +103,7 @@ async def create_subscription(
     parsed = await run_in_threadpool(
         parse_subscription, body, ctx.terms, max_q_length=state.settings.max_q_length
     )
+    await run_in_threadpool(check_endpoint, state.outbound, _uri(parsed), ENDPOINT)
     parsed.setdefault("id", new_subscription_id())
     now = now_iso()
     sub = Subscription(body=parsed, context=context, created_at=now, modified_at=now)
@@ -172,6 +183,7 @@ async def update_subscription(
         max_q_length=state.settings.max_q_length,
         creating="expiresAt" in fragment,
     )
+    await run_in_threadpool(check_endpoint, state.outbound, _uri(parsed), ENDPOINT)
     updated = Subscription(
         body=parsed,
         context=context,

@@ -16,6 +16,12 @@ from tests.conftest import TOKEN
 URL = "/ngsi-ld/v1/csourceRegistrations"
 NS = "https://example.org/city#"
 INLINE_CONTEXT = {"WasteContainer": f"{NS}WasteContainer", "fillingLevel": f"{NS}fillingLevel"}
+LOOPBACK = ["127.0.0.1"]  # the registrations name loopback endpoints: past the outbound guard
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(admin_token=TOKEN, demo=False, outbound_allow=LOOPBACK)
 
 
 def registration(**changes: Any) -> dict[str, Any]:
@@ -258,7 +264,7 @@ def test_tenants_are_apart(client: TestClient) -> None:
 
 @pytest.fixture
 def on_disk(tmp_path: Path) -> Iterator[Settings]:
-    yield Settings(admin_token=TOKEN, data_dir=tmp_path / "twin")
+    yield Settings(admin_token=TOKEN, data_dir=tmp_path / "twin", outbound_allow=LOOPBACK)
 
 
 def test_registrations_survive_a_restart(on_disk: Settings) -> None:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.serverproc import free_port, running_server
+from twin.outbound import FETCH_FAILED
 
 V1 = "/ngsi-ld/v1"
 REGS = f"{V1}/csourceRegistrations"
@@ -143,7 +144,7 @@ def test_a_source_that_is_down_is_reported_and_the_rest_answers(
     r = query(a, type=t)
     assert set(by_id(r)) == {f"urn:a:{t}", f"urn:b:{t}"}
     warning = r.headers[WARNING]
-    assert warning.startswith(f"199 {dead} ") and "could not be reached" in warning
+    assert warning.startswith(f"199 {dead} ") and FETCH_FAILED in warning
     status = a.get(f"{REGS}/{dead}").json()
     assert (status["status"], status["timesSent"], status["timesFailed"]) == ("failed", 1, 1)
     # An entity only the dead source could hold: 404, with the failure reported beside it.
@@ -414,7 +415,8 @@ def test_a_slow_source_times_out_per_its_registration(
     Recorder.delay = 1.0
     r = query(a, type=t)
     assert set(by_id(r)) == {f"urn:a:{t}"}
-    assert r.headers[WARNING].startswith(f"199 {reg} ") and "within 0.2 s" in r.headers[WARNING]
+    # A timeout reads like a closed port or a refused address: the warnings are no port scanner.
+    assert r.headers[WARNING].startswith(f"199 {reg} ") and FETCH_FAILED in r.headers[WARNING]
     asked = len(Recorder.seen)
     again = query(a, type=t)  # within the cooldown: not contacted, and said so
     assert "cooling down" in again.headers[WARNING] and len(Recorder.seen) == asked

@@ -22,6 +22,12 @@ from twin.subscriptions import Notifier
 SUBS = "/ngsi-ld/v1/subscriptions"
 ENTITIES = "/ngsi-ld/v1/entities"
 SENSOR = "urn:ngsi-ld:Sensor:1"
+LOOPBACK = ["127.0.0.1"]  # the receivers listen on loopback: allowed past the outbound guard
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(admin_token=TOKEN, demo=False, outbound_allow=LOOPBACK)
 
 
 @dataclass
@@ -209,7 +215,7 @@ def test_unknown_subscription_id_is_404_and_bad_id_400(client: TestClient) -> No
 
 
 def test_subscriptions_survive_a_restart(tmp_path: Path, receiver: Receiver) -> None:
-    settings = Settings(admin_token=TOKEN, data_dir=tmp_path)
+    settings = Settings(admin_token=TOKEN, data_dir=tmp_path, outbound_allow=LOOPBACK)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with TestClient(create_app(settings), headers=headers) as first:
         sub_id = subscribe(first, subscription(receiver.url, watchedAttributes=["temperature"]))

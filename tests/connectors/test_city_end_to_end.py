@@ -298,6 +298,7 @@ SUBJECTS_PER_GRAPH = """SELECT ?g (COUNT(DISTINCT ?e) AS ?n) WHERE {
 
 def serve(city: City, log: Path) -> Any:
     env = {"URBIS_ADMIN_TOKEN": TOKEN, "URBIS_DEMO": "0", "URBIS_SOURCES_SCHEDULER": "0"}
+    env["URBIS_OUTBOUND_ALLOW"] = "127.0.0.1"  # the vendors' servers are on loopback
     return running_server("--data-dir", str(city.data), env=env, log=log)
 
 

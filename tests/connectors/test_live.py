@@ -37,8 +37,10 @@ from twin import ns
 from twin.context import ContextRegistry, ContextResolver
 from twin.core import Twin
 from twin.entities import EntityService
+from twin.outbound import OutboundGuard
 from twin.store.oxigraph import OxigraphBackend
 
+LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 TOKEN = "live-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 CORE = ContextResolver().resolve(None)
@@ -99,7 +101,12 @@ def app_client(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[TestClient]:
     (sources / "iot.toml").write_text(
         SOURCE_TOML.format(url=mosquitto.url, client_id=f"urbis-{uuid.uuid4().hex[:8]}", bin=BIN)
     )
-    settings = Settings(admin_token=TOKEN, sources_dir=sources, sources_scheduler=False)
+    settings = Settings(
+        admin_token=TOKEN,
+        sources_dir=sources,
+        sources_scheduler=False,
+        outbound_allow=["127.0.0.1"],  # the broker is on loopback
+    )
     with TestClient(create_app(settings), headers=ADMIN) as client:
         wait_for(lambda: report(client)["connected"] is True, "the connection to the broker")
         yield client
@@ -308,7 +315,9 @@ def test_a_connector_that_dies_is_restarted(mosquitto: Mosquitto) -> None:
     registry.register(DyingMqtt)
     resolver = ContextResolver()
     twin = Twin(OxigraphBackend(None))
-    manager = SyncManager(twin, resolver, ContextRegistry(None), data_dir=None, registry=registry)
+    manager = SyncManager(
+        twin, resolver, ContextRegistry(None), data_dir=None, registry=registry, guard=LOOPBACK
+    )
     source = SourceDefinition(
         id="iot",
         kind="dying-mqtt",
@@ -395,6 +404,7 @@ def test_records_without_type_update_known_entities_only() -> None:
 
 def test_ngsild_live_source_between_two_urbis(tmp_path: Path) -> None:
     env = {"URBIS_ADMIN_TOKEN": TOKEN, "VENDOR_TOKEN": TOKEN}
+    env["URBIS_OUTBOUND_ALLOW"] = "127.0.0.1"  # both brokers and the receiver are on loopback
     with (
         running_server(env=env, log=tmp_path / "vendor.log") as vendor,
         running_server(env=env, log=tmp_path / "city.log") as city,

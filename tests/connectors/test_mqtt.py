@@ -19,8 +19,10 @@ from connectors.mqtt import MeasureUpdate, MqttConnector, TwinSink, convert, par
 from tests.connectors.mqtt_broker import Mosquitto, running_mosquitto
 from twin.context import ContextResolver
 from twin.entities import EntityService
+from twin.outbound import OutboundGuard
 from twin.store.oxigraph import OxigraphBackend
 
+LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 CORE = ContextResolver().resolve(None)
 DEVICES: dict[str, Any] = {
     "thermo1": {
@@ -164,7 +166,7 @@ class Running:
 
 @pytest.fixture
 def running(mosquitto: Mosquitto, service: EntityService) -> Iterator[Running]:
-    connector = MqttConnector(source(mosquitto.url))
+    connector = MqttConnector(source(mosquitto.url), guard=LOOPBACK)
     run = Running(connector, Recording(service))
     run.thread.start()
     run.wait_for(connector.connected.is_set, "the connection")
@@ -307,7 +309,13 @@ def test_demo_simulator_feeds_the_twin_through_the_broker(
     from connectors.mqtt_simulator import start_demo_feed
 
     halt = start_demo_feed(
-        mosquitto.url, service, ContextResolver().resolve, None, graph="urn:x:demo", period=0.2
+        mosquitto.url,
+        service,
+        ContextResolver().resolve,
+        None,
+        graph="urn:x:demo",
+        period=0.2,
+        guard=LOOPBACK,
     )
     station = "urn:ngsi-ld:AirQualityObserved:demo-1"
     try:

@@ -20,7 +20,9 @@ from connectors.base import NgsiEntity, Record
 from connectors.definition import SourceDefinition
 from connectors.ngsild_live import NgsiLdLiveConnector
 from tests.serverproc import running_server
+from twin.outbound import OutboundGuard
 
+LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 TOKEN = "live-test-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 SUBS = "/ngsi-ld/v1/subscriptions"
@@ -29,7 +31,8 @@ SUBS = "/ngsi-ld/v1/subscriptions"
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     logs = tmp_path_factory.mktemp("live")
-    env = {"URBIS_ADMIN_TOKEN": TOKEN}
+    # The vendor notifies the connector's receiver on loopback: allowed past the outbound guard.
+    env = {"URBIS_ADMIN_TOKEN": TOKEN, "URBIS_OUTBOUND_ALLOW": "127.0.0.1"}
     with (
         running_server(env=env, log=logs / "vendor.log") as vendor,
         running_server(env=env, log=logs / "city.log") as city,
@@ -91,7 +94,7 @@ def test_vendor_updates_reach_the_city_twin(servers: tuple[str, str], tmp_path: 
         endpoint=vendor,
         options={"type": "Sensor", "watched_attributes": ["temperature"], "batch_ms": 20},
     )
-    connector = NgsiLdLiveConnector(source, secret=TOKEN)
+    connector = NgsiLdLiveConnector(source, secret=TOKEN, guard=LOOPBACK)
     sink = ApiSink(city)
     stop = threading.Event()
     thread = threading.Thread(target=connector.run, args=(sink, stop), daemon=True)
@@ -133,7 +136,7 @@ def test_receiver_refuses_strangers_and_junk(servers: tuple[str, str]) -> None:
     source = SourceDefinition(
         id="vendor-live-2", kind="ngsild-live", endpoint=vendor, options={"type": "Sensor"}
     )
-    connector = NgsiLdLiveConnector(source, secret=TOKEN)
+    connector = NgsiLdLiveConnector(source, secret=TOKEN, guard=LOOPBACK)
     stop = threading.Event()
     thread = threading.Thread(target=connector.run, args=(lambda records: None, stop), daemon=True)
     thread.start()

@@ -17,7 +17,9 @@ from connectors.definition import SourceDefinition
 from connectors.ngsild import NgsiLdConnector
 from connectors.sync import SyncManager
 from tests.serverproc import free_port, running_server
+from twin.outbound import OutboundGuard
 
+LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 TOKEN = "vendor-token"
 TENANT = "wastecorp"
 CONTAINERS = 310
@@ -73,7 +75,7 @@ def source(base: str, **options: Any) -> SourceDefinition:
 
 
 def pull(base: str, cursor: Cursor | None = None, **options: Any) -> list[NgsiEntity]:
-    connector = NgsiLdConnector(source(base, **options))
+    connector = NgsiLdConnector(source(base, **options), guard=LOOPBACK)
     try:
         records = list(connector.fetch(cursor or Cursor()))
     finally:
@@ -214,7 +216,9 @@ def test_end_to_end_from_the_vendor_broker_into_the_twin(vendor: tuple[str, str]
     base, context = vendor
     state = build_state(Settings(open=True, demo=False))
     try:
-        sync = SyncManager(state.twin, state.resolver, state.registry, data_dir=None)
+        sync = SyncManager(
+            state.twin, state.resolver, state.registry, data_dir=None, guard=state.outbound
+        )
         definition = {
             "id": "wastecorp",
             "kind": "ngsild",

@@ -20,8 +20,12 @@ from tests.connectors.ogc_servers import (
     sensor_lonlat,
 )
 from tests.serverproc import free_port
+from twin.outbound import OutboundGuard
 
 __all__ = ["pygeoapi_url"]  # the fixture this module uses
+
+
+LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 
 
 def ogcapi_source(endpoint: str, **options: Any) -> SourceDefinition:
@@ -36,7 +40,7 @@ def ogcapi_source(endpoint: str, **options: Any) -> SourceDefinition:
 
 
 def fetch_all(endpoint: str, **options: Any) -> list[Feature]:
-    return fetch_features(OgcApiConnector(ogcapi_source(endpoint, **options)))
+    return fetch_features(OgcApiConnector(ogcapi_source(endpoint, **options), guard=LOOPBACK))
 
 
 def test_every_feature_by_following_next_links(pygeoapi_url: str) -> None:

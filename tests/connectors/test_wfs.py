@@ -29,6 +29,7 @@ from tests.connectors.ogc_servers import (
     mapserver,
 )
 from tests.serverproc import free_port
+from twin.outbound import OutboundGuard
 
 __all__ = ["lambert_shapefiles", "mapserver"]  # fixtures used by this module
 
@@ -37,6 +38,7 @@ HEIGHT_AT_LEAST_6 = (
     "<fes:ValueReference>height</fes:ValueReference><fes:Literal>6</fes:Literal>"
     "</fes:PropertyIsGreaterThanOrEqualTo></fes:Filter>"
 )
+LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 
 
 def wfs_source(endpoint: str, **options: Any) -> SourceDefinition:
@@ -51,7 +53,7 @@ def wfs_source(endpoint: str, **options: Any) -> SourceDefinition:
 
 
 def fetch_all(endpoint: str, **options: Any) -> list[Feature]:
-    return fetch_features(WfsConnector(wfs_source(endpoint, **options)))
+    return fetch_features(WfsConnector(wfs_source(endpoint, **options), guard=LOOPBACK))
 
 
 def get_feature_requests(server: MapServerCGI, since: int) -> list[tuple[str, str]]:
@@ -216,7 +218,10 @@ DEFAULT = "https://uri.etsi.org/ngsi-ld/default-context/"
 @pytest.fixture
 def manager() -> Iterator[tuple[SyncManager, Any]]:
     state = build_state(Settings(open=True, demo=False))
-    yield SyncManager(state.twin, state.resolver, state.registry, data_dir=None), state.twin
+    sync = SyncManager(
+        state.twin, state.resolver, state.registry, data_dir=None, guard=state.outbound
+    )
+    yield sync, state.twin
     state.twin.close()
 
 

@@ -85,6 +85,9 @@ class SparqlClient:
         self.retries = retries
         self.backoff = backoff
         auth = ChallengeAuth(user, password or "") if user else None
+        # Not through the outbound guard (twin/outbound.py), on purpose: the store's URL is
+        # the operator's infrastructure (URBIS_SPARQL_URL), usually on a private network, and
+        # no request can change it.
         self.http = httpx.Client(
             auth=auth,
             timeout=httpx.Timeout(timeout, connect=10.0),
