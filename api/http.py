@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from twin.errors import BadRequestData, NgsiLdError, PayloadTooLarge
+from twin.errors import ERROR_BASE, BadRequestData, NgsiLdError, PayloadTooLarge
+from twin.linkheader import parse_links
 
 JSON = "application/json"
 JSONLD = "application/ld+json"
@@ -17,7 +18,8 @@ MERGE_PATCH = "application/merge-patch+json"
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 
-_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
+# A Link header longer than this is refused: a context link needs a few hundred bytes.
+MAX_LINK_LENGTH = 8192
 
 
 class UnsupportedMediaType(NgsiLdError):
@@ -29,18 +31,51 @@ class NotAcceptable(NgsiLdError):
 
 
 def link_context(request: Request) -> str | None:
-    """The @context URL of a `Link: <url>; rel="http://www.w3.org/ns/json-ld#context"` header."""
-    header = request.headers.get("link")
-    if not header:
+    """The @context URL of a `Link: <url>; rel="http://www.w3.org/ns/json-ld#context"` header.
+
+    Clause 6.3.5: at most one such link; a malformed Link header is a 400, never ignored.
+    Several Link fields are one comma-separated list (RFC 9110 5.3).
+    """
+    header = ", ".join(request.headers.getlist("link"))
+    if not header.strip():
         return None
-    for match in _LINK.finditer(header):
-        params = match.group(2)
-        if re.search(r'rel\s*=\s*"?' + re.escape(CONTEXT_REL) + r'"?', params):
-            url = match.group(1).strip()
-            if not url:
-                raise BadRequestData("the Link header names an empty @context URL")
-            return url
-    return None
+    if len(header) > MAX_LINK_LENGTH:
+        raise BadRequestData(
+            f"the Link header is {len(header)} characters long; the limit is {MAX_LINK_LENGTH}"
+        )
+    urls = [url for url, rels in parse_links(header) if CONTEXT_REL in rels]
+    if len(urls) > 1:
+        raise BadRequestData(f"the Link header names {len(urls)} @context links; give one")
+    if urls and not urls[0].strip():
+        raise BadRequestData("the Link header names an empty @context URL")
+    return urls[0].strip() if urls else None
+
+
+def limit_headers(app: ASGIApp, max_bytes: int) -> ASGIApp:
+    """The app behind a cap on the request line and headers: 431 above `max_bytes`.
+
+    h11's own cap (`h11_max_incomplete_event_size`) only applies to a block that arrives in
+    pieces, and httptools has none; this one holds whatever the parser let through.
+    """
+
+    async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > max_bytes:
+                detail = f"the request line and headers exceed {max_bytes} bytes"
+                problem = {"type": ERROR_BASE + "BadRequestData", "title": "Headers too large"}
+                body = orjson.dumps({**problem, "detail": detail})
+                headers = [
+                    (b"content-type", b"application/problem+json"),
+                    (b"connection", b"close"),
+                ]
+                await send({"type": "http.response.start", "status": 431, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return limited
 
 
 def media_type(request: Request) -> str:

@@ -263,8 +263,7 @@ FUNCTIONS: dict[str, CustomFunction] = {
 
 # -- the rewrite ------------------------------------------------------------------------------
 
-_TOKEN = re.compile(
-    r"""
+_BEFORE_PNAME = r"""
     (?P<ws>[ \t\r\n]+|\#[^\r\n]*)
   | (?P<iri><[^<>"{}|^`\\\x00-\x20]*>)
   | (?P<string>\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"|'''(?:[^'\\]|\\.|'(?!''))*'''
@@ -272,13 +271,22 @@ _TOKEN = re.compile(
   | (?P<var>[?$][A-Za-z0-9_\u00b7\u00c0-\uffff]+)
   | (?P<number>\d*\.\d+(?:[eE][+-]?\d+)?|\d+\.\d*[eE][+-]?\d+|\d+(?:[eE][+-]?\d+)?)
   | (?P<lang>@[A-Za-z]+(?:-[A-Za-z0-9]+)*)
+"""
+_PNAME = r"""
   | (?P<pname>(?:[A-Za-z\u00c0-\uffff][\w\u00b7\u00c0-\uffff.\-]*)?:
       (?:[\w\u00b7\u00c0-\uffff:%\-]|\.(?=[\w\u00b7\u00c0-\uffff:%\-]))*)
+"""
+_AFTER_PNAME = r"""
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<punct>\^\^|&&|\|\||<=|>=|!=|[{}()\[\].,;=<>!+\-*/|^])
-    """,
-    re.X,
-)
+"""
+_TOKEN = re.compile(_BEFORE_PNAME + _PNAME + _AFTER_PNAME, re.X)
+# A failed pname scans the whole run of name characters after it (the prefix may hold '-'
+# and '.'), so trying it again inside that run would make tokenizing quadratic ("a-a-a-...").
+# It fails at every later position of the run too (same run, same end): _NAME_RUN finds where
+# the run ends, and the tokens up to there come from _TOKEN_NO_PNAME.
+_TOKEN_NO_PNAME = re.compile(_BEFORE_PNAME + _AFTER_PNAME, re.X)
+_NAME_RUN = re.compile(r"[A-Za-z\u00c0-\uffff][\w\u00b7\u00c0-\uffff.\-]*")
 _OPEN = {"(": ")", "{": "}", "[": "]"}
 _HINTS = ("sfWithin", "sfContains", "sfIntersects", "distance")
 # Keywords that mean a brace is not a plain group graph pattern.
@@ -322,13 +330,15 @@ def prepare(
 
 def _tokenize(query: str) -> list[_Tok]:
     tokens: list[_Tok] = []
-    pos = 0
+    pos, plain_until = 0, 0  # no pname can start before plain_until (see _TOKEN_NO_PNAME)
     while pos < len(query):
-        match = _TOKEN.match(query, pos)
+        match = (_TOKEN if pos >= plain_until else _TOKEN_NO_PNAME).match(query, pos)
         if match is None or match.end() == pos:
             raise _Unsupported(f"unexpected character at {pos}")
         kind = match.lastgroup
         assert kind is not None
+        if kind != "pname" and pos >= plain_until and (run := _NAME_RUN.match(query, pos)):
+            plain_until = run.end()
         if kind != "ws":
             tokens.append(_Tok(kind, match.group(), pos, match.end()))
         pos = match.end()

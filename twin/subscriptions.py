@@ -36,7 +36,10 @@ import orjson
 from twin.entities import EntityService
 from twin.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from twin.geo import GeoQuery, matches, parse_geometry, parse_geoq
+from twin.iri import redact_in, redact_url
 from twin.model import EntityWriter, check_datetime, check_name, is_uri, now_iso
+from twin.outbound import OutboundGuard, guarded_client
+from twin.query.idpattern import IdPattern, compile_id_pattern
 from twin.query.qeval import evaluate
 from twin.query.qlang import QExpr, expand_q, parse_q
 from twin.query.typeexpr import TypeAll, TypeAny, TypeExpr, TypeName, parse_types
@@ -197,15 +200,7 @@ def _check_entities(entities: object) -> None:
         if "id" in selector and not is_uri(selector["id"]):
             raise BadRequestData(f"EntitySelector id must be a URI, got {selector['id']!r}")
         if "idPattern" in selector:
-            pattern = selector["idPattern"]
-            if not isinstance(pattern, str):
-                raise BadRequestData("idPattern must be a string")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise BadRequestData(
-                    f"idPattern is not a valid regular expression: {exc}"
-                ) from None
+            compile_id_pattern(selector["idPattern"])  # RE2, the subset queries share
 
 
 def _check_names(names: object, what: str) -> None:
@@ -286,7 +281,7 @@ def merge_patch(current: Doc, fragment: object) -> Doc:
 @dataclass(frozen=True)
 class EntitySelector:
     ids: frozenset[str]
-    pattern: re.Pattern[str] | None
+    pattern: IdPattern | None
     types: TypeExpr
 
 
@@ -360,7 +355,7 @@ def _attribute_names(doc: Doc) -> Iterable[str]:
 def _selector_matches(selector: EntitySelector, doc: Doc) -> bool:
     if selector.ids and doc["id"] not in selector.ids:
         return False
-    if selector.pattern is not None and not selector.pattern.fullmatch(doc["id"]):
+    if selector.pattern is not None and not selector.pattern.search(doc["id"]):
         return False
     return _type_matches(selector.types, doc.get("type", []))
 
@@ -379,7 +374,7 @@ def compile_filter(sub: Mapping[str, Any], terms: Terms, *, max_q_length: int = 
     selectors = tuple(
         EntitySelector(
             ids=frozenset([s["id"]]) if "id" in s else frozenset(),
-            pattern=re.compile(s["idPattern"]) if "idPattern" in s else None,
+            pattern=compile_id_pattern(s["idPattern"]) if "idPattern" in s else None,
             types=parse_types(s["type"], terms.expand),
         )
         for s in sub.get("entities", [])
@@ -643,6 +638,7 @@ class Notifier:
         max_entities: int = 1000,
         max_q_length: int = 4096,
         transport: httpx.BaseTransport | None = None,
+        guard: OutboundGuard | None = None,
     ) -> None:
         self.store = store
         self.resolve = resolve
@@ -656,7 +652,8 @@ class Notifier:
         self._filters: dict[tuple[str, str], tuple[str, Filter]] = {}
         self._attached: dict[str, tuple[EntityService, Callable[..., None]]] = {}
         self._transport = transport
-        self._client = httpx.Client(timeout=timeout, transport=transport)
+        self._guard = guard or OutboundGuard()  # endpoints: public addresses unless allowed
+        self._client = self._new_client()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
@@ -703,9 +700,12 @@ class Notifier:
         if self._thread is None:
             self._stop.clear()
             if self._client.is_closed:
-                self._client = httpx.Client(timeout=self.timeout, transport=self._transport)
+                self._client = self._new_client()
             self._thread = threading.Thread(target=self._run, name="urbis-notifier", daemon=True)
             self._thread.start()
+
+    def _new_client(self) -> httpx.Client:
+        return guarded_client(self._guard, transport=self._transport, timeout=self.timeout)
 
     def stop(self) -> None:
         self._stop.set()
@@ -829,10 +829,12 @@ class Notifier:
         try:
             answer = self._client.post(endpoint["uri"], content=body, headers=headers)
             ok = answer.is_success
-            if not ok:
-                log.warning("notification to %s answered %d", endpoint["uri"], answer.status_code)
+            if not ok:  # endpoints may carry credentials (user:password@, ?key=): redacted
+                where = redact_url(endpoint["uri"])
+                log.warning("notification to %s answered %d", where, answer.status_code)
         except httpx.HTTPError as error:
-            log.warning("notification to %s failed: %s", endpoint["uri"], error)
+            where, why = redact_url(endpoint["uri"]), redact_in(str(error), endpoint["uri"])
+            log.warning("notification to %s failed: %s", where, why)
         self._record(tenant, sub.id, ok=ok)
 
     def _record(self, tenant: str, subscription_id: str, *, ok: bool) -> None:

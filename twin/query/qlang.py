@@ -268,20 +268,29 @@ def _is_key_char(char: str) -> bool:
     return char in "_-" or unicodedata.category(char)[0] in "LN"
 
 
-def parse_q(text: str, *, max_length: int = 4096, max_depth: int = 32) -> QExpr:
-    """Parse a `q` expression; BadRequestData (with the position) when it is not valid."""
+def parse_q(
+    text: str, *, max_length: int = 4096, max_depth: int = 32, max_terms: int = 100
+) -> QExpr:
+    """Parse a `q` expression; BadRequestData (with the position) when it is not valid.
+
+    Parsing is linear, but the store's cost to plan the SPARQL grows faster than the number of
+    terms (800 cost seconds), so more than `max_terms` (each listed value counts) is a
+    TooComplexQuery, raised as soon as the parser gets there.
+    """
     if len(text) > max_length:
         raise BadRequestData(f"q is {len(text)} characters long; the limit is {max_length}")
     if not text.strip():
         raise BadRequestData("q is empty; expected at least one query term such as temperature>20")
-    return _Parser(text, max_depth).parse()
+    return _Parser(text, max_depth, max_terms).parse()
 
 
 class _Parser:
-    def __init__(self, text: str, max_depth: int) -> None:
+    def __init__(self, text: str, max_depth: int, max_terms: int = 100) -> None:
         self.text = text
         self.pos = 0
         self.max_depth = max_depth
+        self.max_terms = max_terms
+        self.terms = 0
 
     # -- helpers
 
@@ -354,6 +363,7 @@ class _Parser:
             self.fail("';' (and), '|' (or), ')' or the end of q after a query term")
 
     def term(self) -> QExpr:
+        start = self.pos
         negated = self.peek() == "!"
         if negated:
             self.pos += 1
@@ -362,11 +372,22 @@ class _Parser:
         at = self.pos
         op = self.operator()
         if op is None:
+            self.count_terms(1, start)
             return Exists(path, negated)
         if negated:
             self.fail("no operator after a '!attribute' (non-existence) term", at)
         self.skip_space()
-        return Compare(path, op, self.value(op))
+        value = self.value(op)
+        self.count_terms(len(value.items) if isinstance(value, ValueList) else 1, start)
+        return Compare(path, op, value)
+
+    def count_terms(self, terms: int, at: int) -> None:
+        self.terms += terms
+        if self.terms > self.max_terms:
+            raise TooComplexQuery(
+                f"q has more than {self.max_terms} terms (each listed value counts) at position "
+                f"{at}; split the query, or use a range a..b for many values"
+            )
 
     def operator(self) -> Op | None:
         for op in _OPERATORS:

@@ -30,7 +30,9 @@ class TypeAny:
 TypeExpr = TypeName | TypeAll | TypeAny
 
 
-def parse_types(text: str, expand: Callable[[str], str]) -> TypeExpr:
+def parse_types(
+    text: str, expand: Callable[[str], str], *, max_terms: int = 100, max_depth: int = 32
+) -> TypeExpr:
     def atom(name: str) -> TypeExpr:
         return TypeName(expand(name))
 
@@ -47,6 +49,8 @@ def parse_types(text: str, expand: Callable[[str], str]) -> TypeExpr:
         any_of=any_of,
         any_ops=",|",
         what="type selection",
+        max_terms=max_terms,
+        max_depth=max_depth,
     )
 
 
@@ -57,6 +61,13 @@ def type_names(expr: TypeExpr) -> list[str] | None:
     if isinstance(expr, TypeAny) and all(isinstance(i, TypeName) for i in expr.items):
         return [i.iri for i in expr.items if isinstance(i, TypeName)]
     return None
+
+
+def type_size(expr: TypeExpr) -> int:
+    """The number of type names in the selection (its share of a query's terms)."""
+    if isinstance(expr, TypeName):
+        return 1
+    return sum(type_size(i) for i in expr.items)
 
 
 def type_filter(expr: TypeExpr, var: str = "e") -> str:

@@ -26,20 +26,38 @@ REGISTRY_GRAPH = STORE_PREFIX + "registry"
 # Named as the dataset of a tenant without graphs: an empty list would mean "everything".
 NO_GRAPH = STORE_PREFIX + "none"
 
-_TOKEN = re.compile(
-    r"""
+_BEFORE_PNAME = r"""
     (?P<ws>\s+)
   | (?P<comment>\#[^\n]*)
-  | (?P<string>\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"|'''(?:[^'\\]|\\.|'(?!''))*'''
-              |"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
   | (?P<iri><[^<>"{}|^`\\\x00-\x20]*>)
   | (?P<var>[?$][A-Za-z0-9_\u00b7-\uffff]+)
+"""
+_PNAME = r"""
   | (?P<pname>(?:[A-Za-z\u00c0-\uffff][\w.\-\u00b7-\uffff]*)?:
               (?:[\w\-\u00b7-\uffff:%]|\\.|\.(?=[\w\-:%]))*)
+"""
+_AFTER_PNAME = r"""
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
+"""
+_TOKEN = re.compile(_BEFORE_PNAME + _PNAME + _AFTER_PNAME, re.VERBOSE | re.DOTALL)
+# As in twin/geosparql.py: a failed pname has scanned the whole run of name characters, and
+# fails at every later position of it, so it is not tried again there (linear, not quadratic).
+_TOKEN_NO_PNAME = re.compile(_BEFORE_PNAME + _AFTER_PNAME, re.VERBOSE | re.DOTALL)
+_NAME_RUN = re.compile(r"[A-Za-z\u00c0-\uffff][\w.\-\u00b7-\uffff]*")
+# Strings, tried in this order at a quote (nothing else starts with one): the body of each
+# form, and the body with its closing quotes. A body is read one way only, so an opener that
+# fails to close has scanned to where the body stops; any later opener of the same form
+# before that point is an escaped quote of that scan, reads the same rest and fails too: it
+# is not tried again (else '\'\'\'... would be quadratic).
+_STRINGS = tuple(
+    (re.compile(quote + body, re.DOTALL), re.compile(quote + body + quote, re.DOTALL))
+    for quote, body in (
+        ('"""', r'(?:[^"\\]|\\.|"(?!""))*'),
+        ("'''", r"(?:[^'\\]|\\.|'(?!''))*"),
+        ('"', r'(?:[^"\\\n]|\\.)*'),
+        ("'", r"(?:[^'\\\n]|\\.)*"),
+    )
 )
 _GRAPH_AFTER = frozenset({"GRAPH", "FROM", "NAMED", "USING", "WITH", "TO"})
 _COPY_VERBS = frozenset({"ADD", "MOVE", "COPY"})
@@ -59,10 +77,33 @@ class Rewritten:
 
 
 def tokens(text: str) -> Iterator[tuple[str, str]]:
-    for match in _TOKEN.finditer(text):
+    pos, plain_until = 0, 0  # no pname can start before plain_until
+    unclosed = [0] * len(_STRINGS)  # no string of form i can close from before unclosed[i]
+    while pos < len(text):
+        if text[pos] in "\"'":
+            kind, value = _string(text, pos, unclosed)
+            yield kind, value
+            pos += len(value)
+            continue
+        match = (_TOKEN if pos >= plain_until else _TOKEN_NO_PNAME).match(text, pos)
+        assert match is not None and match.lastgroup is not None  # `other` takes any character
         kind = match.lastgroup
-        assert kind is not None
+        if kind != "pname" and pos >= plain_until and (run := _NAME_RUN.match(text, pos)):
+            plain_until = run.end()
         yield kind, match.group()
+        pos = match.end()
+
+
+def _string(text: str, pos: int, unclosed: list[int]) -> tuple[str, str]:
+    """The string token at a quote, or the quote alone (`other`) when no form closes."""
+    for i, (body, whole) in enumerate(_STRINGS):
+        if pos < unclosed[i]:
+            continue
+        if match := whole.match(text, pos):
+            return "string", match.group()
+        if scanned := body.match(text, pos):
+            unclosed[i] = scanned.end()
+    return "other", text[pos]
 
 
 def rewrite(text: str, to_stored: Callable[[str], str], *, drop_dataset: bool = False) -> Rewritten:
