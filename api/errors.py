@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from api.responses import json_response
@@ -53,6 +54,14 @@ def install(app: FastAPI) -> None:
         kind, title = _HTTP_TYPES.get(exc.status_code, ("InvalidRequest", "Invalid request"))
         body = {"type": ERROR_BASE + kind, "title": title, "detail": str(exc.detail)}
         return json_response(body, status=exc.status_code, media_type=PROBLEM)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        # The client hung up mid-body (often on a refused oversized upload): not a server
+        # error, no traceback. Nobody is left to read an answer: 499 (nginx's "client closed
+        # request") only keeps ASGI servers happy, which drop it.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:

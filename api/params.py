@@ -9,12 +9,13 @@ from typing import Any
 from starlette.datastructures import QueryParams
 
 from api.settings import Settings
-from twin.errors import BadRequestData, TooManyResults
+from twin.errors import BadRequestData, TooComplexQuery, TooManyResults
 from twin.geo import parse_geoq
 from twin.model import check_uri
+from twin.query.idpattern import compile_id_pattern
 from twin.query.plan import EntityQuery, Selector
 from twin.query.qlang import expand_q, parse_q
-from twin.query.typeexpr import parse_types
+from twin.query.typeexpr import parse_types, type_size
 from twin.terms import Terms
 
 FORMATS = ("normalized", "concise", "keyValues")
@@ -77,14 +78,17 @@ def expanded_names(params: QueryParams, key: str, terms: Terms) -> set[str] | No
     return {n if n in ("id", "type", "scope") else terms.expand(n) for n in names}
 
 
+# ASCII digits only: int() also takes '1_0', ' 1', '١'; 18 digits keep it a 64-bit integer.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+
+
 def integer(params: QueryParams, key: str, default: int, *, minimum: int = 0) -> int:
     raw = params.get(key)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequestData(f"{key} must be an integer, got {raw!r}") from None
+    if not _INTEGER.fullmatch(raw):
+        raise BadRequestData(f"{key} must be an integer of at most 18 digits, got {raw[:40]!r}")
+    value = int(raw)
     if value < minimum:
         raise BadRequestData(f"{key} must be >= {minimum}, got {value}")
     return value
@@ -109,13 +113,25 @@ def entity_query(source: dict[str, Any], terms: Terms, settings: Settings) -> En
         _check_regex(source["idPattern"])
         query.id_pattern = source["idPattern"]
     if source.get("type") is not None:
-        query.types = parse_types(source["type"], terms.expand)
+        query.types = parse_types(
+            source["type"],
+            terms.expand,
+            max_terms=settings.max_query_terms,
+            max_depth=settings.max_query_depth,
+        )
     if source.get("attrs") is not None:
         query.attrs = {terms.expand(a) for a in source["attrs"]}
     q = source.get("q")
     if q is not None:
         query.q = expand_q(
-            parse_q(q, max_length=settings.max_q_length), terms.expand, terms.expand_vocab
+            parse_q(
+                q,
+                max_length=settings.max_q_length,
+                max_depth=settings.max_query_depth,
+                max_terms=settings.max_query_terms,
+            ),
+            terms.expand,
+            terms.expand_vocab,
         )
     geo = source.get("geoQ")
     if geo is not None:
@@ -128,7 +144,7 @@ def entity_query(source: dict[str, Any], terms: Terms, settings: Settings) -> En
             query.geo = replace(parsed, geoproperty=terms.expand(parsed.geoproperty))
     selectors = source.get("selectors")
     if selectors:
-        query.selectors = [_selector(s, terms) for s in selectors]
+        query.selectors = _selectors(selectors, terms, settings.max_query_terms)
     if source.get("scopeQ") is not None:
         query.scope = str(source["scopeQ"])
     if not any(
@@ -145,7 +161,22 @@ def entity_query(source: dict[str, Any], terms: Terms, settings: Settings) -> En
         raise TooManyResults(
             f"limit {query.limit} is above the maximum page size {settings.max_page_size}"
         )
+    if query.offset > settings.max_offset:  # the store is never asked for an absurd OFFSET
+        raise BadRequestData(f"offset {query.offset} is above the maximum {settings.max_offset}")
     return query
+
+
+def _selectors(raw: list[Any], terms: Terms, max_terms: int) -> list[Selector]:
+    """The EntitySelectors, within max_terms: each counts its type names, or 1 without."""
+    if len(raw) > max_terms:
+        raise TooComplexQuery(f"{len(raw)} EntitySelectors; the limit is {max_terms}")
+    selectors = [_selector(s, terms) for s in raw]
+    total = sum(type_size(s.types) if s.types else 1 for s in selectors)
+    if total > max_terms:
+        raise TooComplexQuery(
+            f"the EntitySelectors name {total} types; the limit is {max_terms} in all"
+        )
+    return selectors
 
 
 def _selector(raw: Any, terms: Terms) -> Selector:
@@ -164,12 +195,7 @@ def _selector(raw: Any, terms: Terms) -> Selector:
 
 
 def _check_regex(pattern: object) -> None:
-    if not isinstance(pattern, str):
-        raise BadRequestData("idPattern must be a string")
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise BadRequestData(f"idPattern is not a valid regular expression: {exc}") from None
+    compile_id_pattern(pattern)  # the subset that means the same to the store and to RE2
 
 
 def query_source(params: QueryParams, settings: Settings) -> dict[str, Any]:

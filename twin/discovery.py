@@ -15,7 +15,10 @@ from twin.entities import EntityService
 from twin.query.sparql import iri
 
 _DOC = f"GRAPH {iri(ns.ENTITIES_GRAPH)} {{ ?e {iri(ns.URBIS + 'document')} ?doc }}"
-_NOT_ATTRS = f"{iri(ns.RDF + 'type')}, {iri(ns.GEO + 'hasGeometry')}"
+# Triples of the entity that are no attribute: its types, scope (an entity member), the
+# location shortcut, and the broker's bookkeeping (urbis:document, urbis:dataset).
+_SKIPPED = {ns.RDF + "type", ns.NGSI_LD + "scope", ns.GEO + "hasGeometry"} | ns.INTERNAL_PREDICATES
+_NOT_ATTRS = ", ".join(iri(p) for p in sorted(_SKIPPED))
 
 
 @dataclass

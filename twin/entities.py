@@ -26,7 +26,7 @@ from twin.errors import (
     TooComplexQuery,
 )
 from twin.geo import GeoQuery, SpatialIndex
-from twin.model import NULL_URI, SYSTEM_MEMBERS, VALUE_MEMBER
+from twin.model import NULL_URI, VALUE_MEMBER
 from twin.query.plan import EntityQuery, plan
 from twin.query.qeval import evaluate
 from twin.query.sparql import iri
@@ -331,8 +331,7 @@ def update_attributes(doc: Doc, attrs: Doc, *, now: str) -> UpdateResult:
 
 def merge_instance(old: Doc, patch: Doc) -> Doc | None:
     """Merge-patch of one instance (clause 5.6.17): given members replace, null deletes."""
-    value_member = next((m for m in patch if m not in ("type",) and m not in SYSTEM_MEMBERS), None)
-    if value_member is not None and patch.get(value_member) == NULL_URI and len(patch) <= 4:
+    if _is_null(patch):  # deletes the instance whatever else it carries (datasetId, observedAt)
         return None
     merged = dict(old)
     if patch.get("type") and patch["type"] != old.get("type"):
@@ -424,12 +423,14 @@ def partial_update(doc: Doc, name: str, patch: list[Doc], *, now: str) -> None:
             raise ResourceNotFound(
                 f"attribute {name!r} has no instance with datasetId {inst.get('datasetId')!r}"
             )
-        if inst.get("type") and inst["type"] != target.get("type"):
+        if inst.get("type") and inst["type"] != target.get("type") and not _is_null(inst):
             raise BadRequestData(
                 f"attribute {name!r} is a {target.get('type')}, not a {inst['type']}"
             )
     doc[name] = merge_attribute(current, patch)
-    for inst in doc[name]:
+    if not doc[name]:  # its last instance deleted by urn:ngsi-ld:null: the attribute goes
+        del doc[name]
+    for inst in doc.get(name, ()):
         inst["modifiedAt"] = now
     stamp(doc, now)
 

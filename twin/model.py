@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
+from pyoxigraph import Literal
+
+from twin import ns
 from twin.errors import BadRequestData
 from twin.geo import GEOMETRY_TYPES, parse_geometry, point_position
 from twin.iri import valid_iri
@@ -60,9 +64,13 @@ INSTANCE_MEMBERS = (
 )
 ENTITY_MEMBERS = frozenset({"id", "type", "scope", "@context"}) | SYSTEM_MEMBERS
 NULL_URI = "urn:ngsi-ld:null"
+# Never rendered as attributes: entity members, and the broker's bookkeeping predicates should
+# an older store or a federated source hold them in a document.
+_NOT_RENDERED = ENTITY_MEMBERS | ns.INTERNAL_PREDICATES
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]+$")
-_NAME_FORBIDDEN = re.compile(r"[\s<>\"'=;()]")
+# What no IRI may hold (RFC 3987), plus the characters that break q and the type language.
+_NAME_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>\"'=;(){}|\\^`]")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$")
 
 
@@ -114,9 +122,55 @@ def check_plausible(name: str, lon: float, lat: float, area: Box) -> None:
 
 
 def check_name(name: object, what: str = "attribute name") -> str:
-    if not isinstance(name, str) or not name or _NAME_FORBIDDEN.search(name):
-        raise BadRequestData(f"invalid {what} {name!r}: no spaces or any of <>\"'=;()")
-    return name
+    if isinstance(name, str) and _good_name(name):
+        return name
+    if isinstance(name, str) and name.startswith("@"):
+        raise BadRequestData(f"invalid {what} {name!r}: a JSON-LD keyword is not a name")
+    raise BadRequestData(
+        f"invalid {what} {name!r}: no spaces, control characters or any of <>\"'=;(){{}}|\\^`"
+    )
+
+
+# Names and IRIs repeat across the entities of a city: each is judged once (ingestion speed).
+@lru_cache(maxsize=65536)
+def _good_name(name: str) -> bool:
+    # JSON-LD keywords (@id, @type...) name no attribute or type.
+    return bool(name) and not name.startswith("@") and not _NAME_FORBIDDEN.search(name)
+
+
+@lru_cache(maxsize=65536)
+def _storable(iri: str) -> bool:
+    return is_uri(iri) and iri not in ns.INTERNAL_PREDICATES
+
+
+def expand_name(terms: Terms, name: object, what: str = "attribute name") -> str:
+    """A checked name expanded with the @context into an IRI the store can hold.
+
+    The @context has the last word on expansion: a term aliased to a keyword (`"x": "@id"`),
+    to a blank node or to a broken IRI is refused here, before any triple is built.
+    """
+    if not (isinstance(name, str) and _good_name(name)):
+        check_name(name, what)  # raises the precise error
+    assert isinstance(name, str)
+    iri = terms.expand(name)
+    if not _storable(iri):
+        if iri in ns.INTERNAL_PREDICATES:
+            raise BadRequestData(f"{what} {name!r} is reserved: {iri} is the broker's own")
+        raise BadRequestData(
+            f"{what} {name!r} expands to {iri!r}, which is not an absolute IRI: map it to "
+            "one in the @context (e.g. 'https://example.org/name')"
+        )
+    return iri
+
+
+@lru_cache(maxsize=1024)
+def _language_tag(tag: str) -> bool:
+    """A BCP 47 tag the store accepts (the regex below lets through e.g. 'a' or 'en-x')."""
+    try:
+        Literal("", language=tag)
+    except ValueError:
+        return False
+    return True
 
 
 class EntityReader:
@@ -150,9 +204,7 @@ class EntityReader:
             raise BadRequestData("entity type is required (a string or a list of strings)")
         out: list[str] = []
         for item in items:
-            check_name(item, "entity type")
-            assert isinstance(item, str)
-            expanded = self.terms.expand(item)
+            expanded = expand_name(self.terms, item, "entity type")
             if expanded not in out:
                 out.append(expanded)
         return out
@@ -171,8 +223,7 @@ class EntityReader:
         for name, raw in body.items():
             if name in ENTITY_MEMBERS:
                 continue
-            check_name(name)
-            iri = self.terms.expand(name)
+            iri = expand_name(self.terms, name)
             out[iri] = self.instances(name, raw, allow_null=allow_null)
         return out
 
@@ -221,8 +272,8 @@ class EntityReader:
             elif key in INSTANCE_MEMBERS:
                 raise BadRequestData(f"member {key!r} is not allowed in a {kind} ({name!r})")
             else:
-                check_name(key, "sub-attribute name")
-                out[self.terms.expand(key)] = self.instances(key, sub, allow_null=allow_null)
+                iri = expand_name(self.terms, key, "sub-attribute name")
+                out[iri] = self.instances(key, sub, allow_null=allow_null)
         out["createdAt"] = out["modifiedAt"] = self.now
         return out
 
@@ -289,7 +340,9 @@ class EntityReader:
             if not isinstance(value, dict) or not value:
                 raise BadRequestData(f"languageMap of {name!r} must be an object of lang: string")
             for lang, text in value.items():
-                if not re.match(r"^([A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*|@none)$", lang):
+                if not re.match(r"^([A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*|@none)$", lang) or (
+                    lang != "@none" and not _language_tag(lang)
+                ):
                     raise BadRequestData(f"languageMap of {name!r}: invalid language tag {lang!r}")
                 texts = text if isinstance(text, list) else [text]
                 if not all(isinstance(t, str) for t in texts):
@@ -300,6 +353,11 @@ class EntityReader:
             if not items or not all(isinstance(v, str) and v for v in items):
                 raise BadRequestData(f"vocab of {name!r} must be a string or list of strings")
             expanded = [self.terms.expand_vocab(v) for v in items]
+            for v, iri in zip(items, expanded, strict=True):
+                if not _storable(iri):
+                    raise BadRequestData(
+                        f"vocab of {name!r}: {v!r} expands to {iri!r}, which is not an IRI"
+                    )
             return expanded if isinstance(value, list) else expanded[0]
         if kind == "ListProperty":
             if not isinstance(value, list):
@@ -309,12 +367,18 @@ class EntityReader:
 
 
 def _is_geojson(value: object) -> bool:
-    return isinstance(value, dict) and value.get("type") in GEOJSON_TYPES
+    return isinstance(value, dict) and _kind(value) in GEOJSON_TYPES
+
+
+def _kind(item: dict[str, Any]) -> str | None:
+    """The "type" member if it is a string: a JSON object or array there is unhashable."""
+    kind = item.get("type")
+    return kind if isinstance(kind, str) else None
 
 
 def _looks_like_instance(item: object) -> bool:
     return isinstance(item, dict) and (
-        item.get("type") in ATTRIBUTE_TYPES or any(m in item for m in _INFER_ORDER)
+        _kind(item) in ATTRIBUTE_TYPES or any(m in item for m in _INFER_ORDER)
     )
 
 
@@ -359,7 +423,7 @@ class EntityWriter:
             out["createdAt"] = doc.get("createdAt")
             out["modifiedAt"] = doc.get("modifiedAt")
         for iri, instances in doc.items():
-            if iri in ENTITY_MEMBERS or not isinstance(instances, list):
+            if iri in _NOT_RENDERED or not isinstance(instances, list):
                 continue
             if attrs is not None and iri not in attrs:
                 continue

@@ -14,3 +14,6 @@ ENTITIES_GRAPH = "urn:urbis:graph:entities"
 DEFAULT_DATASET = DATASET_PREFIX + "default"
 # PROV-O/DCAT descriptions of every dataset graph (twin/provenance.py).
 METADATA_GRAPH = "urn:urbis:graph:metadata"
+# Bookkeeping predicates of the store (twin/rdf.py, twin/store/sparql.py), never attributes: kept
+# out of discovery and refused as attribute names.
+INTERNAL_PREDICATES = frozenset({URBIS + "document", URBIS + "dataset", URBIS + "storeTenant"})

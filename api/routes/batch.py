@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from api.deps import ServiceDep, StateDep, resolve_context
+from api.deps import ServiceDep, StateDep, reads, resolve_context
 from api.http import JSON, JSONLD, UnsupportedMediaType, accept, entity_body, media_type, read_json
 from api.params import boolean, entity_query, integer, options, representation
 from api.render import entity_response, render_entities
@@ -211,6 +211,7 @@ async def batch_delete(request: Request, state: StateDep, service: ServiceDep) -
 
 @router.post("/query")
 @router.post("/query/", include_in_schema=False)
+@reads  # a query in a body is still a read: public like GET /entities (clause 5.7.2)
 async def post_query(request: Request, state: StateDep, service: ServiceDep) -> Response:
     body, context = await entity_body(
         request, max_bytes=state.settings.max_body_bytes, max_depth=state.settings.max_json_depth
