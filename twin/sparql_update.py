@@ -24,6 +24,7 @@ from typing import Any
 
 from rdflib.plugins.sparql.algebra import translateUpdate
 from rdflib.plugins.sparql.parser import parseUpdate
+from rdflib.plugins.sparql.sparql import Update
 from rdflib.term import Variable
 
 from twin import ns
@@ -45,11 +46,13 @@ def target_graphs(update: str) -> set[str]:
     known before running it.
     """
     try:
-        operations = translateUpdate(parseUpdate(update)).algebra
+        parsed = translateUpdate(parseUpdate(update))
     except Exception as error:  # pyparsing's ParseException and friends
         raise BadRequestData(f"invalid SPARQL update: {error}") from None
+    if not isinstance(parsed, Update):  # a bare list: no operation at all, which is valid
+        return set()  # SPARQL (an empty update, or a prologue alone) that writes nothing
     graphs: set[str] = set()
-    for op in operations:
+    for op in parsed.algebra:
         graphs.update(_targets(op))
     return graphs
 
