@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from api.settings import Settings
@@ -34,3 +35,22 @@ def test_readme_starts_with_the_two_commands() -> None:
     test_command = blocks[2].split("\n```")[0]
     assert test_command.endswith("pip install -e '.[test]' && pytest")
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_threat_model_cites_tests_that_exist() -> None:
+    """docs/security.md names the test covering each threat: a renamed test must not go unseen."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    cited: list[tuple[str, str]] = []
+    for cell in re.findall(r"\| (`tests/[^|]*)\|", text):
+        path = ""
+        for ref in re.findall(r"`([^`]+)`", cell):
+            file, _, name = ref.partition("::")
+            path = file or path  # `::name` continues the previous file
+            cited.append((path, name))
+    assert len(cited) > 40
+    missing = []
+    for path, name in cited:
+        source = ROOT / path
+        if not source.exists() or (name and f"def {name}(" not in source.read_text()):
+            missing.append(f"{path}::{name}")
+    assert not missing, f"docs/security.md cites tests that do not exist: {missing}"
