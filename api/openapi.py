@@ -19,6 +19,7 @@ from api.http import CONTEXT_REL, CORE_CONTEXT, GEOJSON, JSON, JSONLD, MERGE_PAT
 from api.settings import Settings
 from api.sparql_protocol import ALL_TYPES, FORM, QUERY_TYPE, UPDATE_TYPE
 from connectors.definition import SourceDefinition
+from twin.geo.query import QUERY_GEOMETRIES
 from twin.subscriptions import ENDPOINT_MEMBERS, KNOWN_MEMBERS, NOTIFICATION_MEMBERS
 
 Schema = dict[str, Any]
@@ -91,16 +92,7 @@ _GEOQ: Schema = {
     "required": ["georel", "geometry", "coordinates"],
     "properties": {
         "georel": {"type": "string", "example": "near;maxDistance==500"},
-        "geometry": {
-            "enum": [
-                "Point",
-                "MultiPoint",
-                "LineString",
-                "MultiLineString",
-                "Polygon",
-                "MultiPolygon",
-            ]
-        },
+        "geometry": {"enum": list(QUERY_GEOMETRIES)},
         "coordinates": {"anyOf": [{"type": "array"}, {"type": "string"}]},
         "geoproperty": {"type": "string"},
     },
@@ -462,16 +454,7 @@ def _entity_query(settings: Settings) -> list[Schema]:
         ),
         _query(
             "geometry",
-            {
-                "enum": [
-                    "Point",
-                    "MultiPoint",
-                    "LineString",
-                    "MultiLineString",
-                    "Polygon",
-                    "MultiPolygon",
-                ]
-            },
+            {"enum": list(QUERY_GEOMETRIES)},
             "Reference geometry type",
         ),
         _query(
