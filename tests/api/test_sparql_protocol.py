@@ -54,13 +54,22 @@ def _count(response: object) -> int:
 
 
 def _children() -> set[int]:
-    """Live child processes of this process (the query workers)."""
-    found: set[int] = set()
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        try:
-            found.update(int(pid) for pid in (task / "children").read_text().split())
-        except FileNotFoundError:  # a thread that ended meanwhile
+    """Live child processes of this process (the query workers).
+
+    Read from every process's own `stat` (its parent pid), not from the per-thread
+    `children` lists: a child of a thread that ends moves to another thread's list, and a
+    scan of those lists can miss it in between.
+    """
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # a process that ended meanwhile
+            continue
+        if int(fields[1]) == me:
+            found.add(int(entry.name))
     return found
 
 
