@@ -19,12 +19,12 @@ from collections.abc import Callable
 import shapely
 from pyoxigraph import Literal, NamedNode, Quad, QuerySolutions, Store
 
-from twin import ns
-from twin.entities import EntityService
-from twin.geo import wkt_literal
-from twin.geosparql import FUNCTIONS, MAX_VALUES, prepare
-from twin.rdf import GEO_AS_WKT, GEO_HAS_GEOMETRY, GEO_WKT_LITERAL, RDF_TYPE, geometry_node
-from twin.store.oxigraph import OxigraphTenant
+from urbis.ontology import ns
+from urbis.twin.entities import EntityService
+from urbis.twin.geo import wkt_literal
+from urbis.twin.geo.geosparql import FUNCTIONS, MAX_VALUES, prepare
+from urbis.twin.rdf import GEO_AS_WKT, GEO_HAS_GEOMETRY, GEO_WKT_LITERAL, RDF_TYPE, geometry_node
+from urbis.twin.store.oxigraph import OxigraphTenant
 
 PREFIXES = (
     "PREFIX geo: <http://www.opengis.net/ont/geosparql#>\n"

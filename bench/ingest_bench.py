@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from api.app import build_state
-from api.settings import Settings
-from connectors.definition import parse_definition
+from urbis.api.app import build_state
+from urbis.api.settings import Settings
+from urbis.connectors.definition import parse_definition
 
 LIGHTS = (
     Path(__file__).resolve().parents[2]

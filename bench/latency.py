@@ -19,7 +19,7 @@ import httpx
 from bench.machine import CpuMeter
 from bench.server import Server
 from bench.workload import Facts
-from twin import demo
+from urbis.demo import city as demo
 
 ENTITIES = "/ngsi-ld/v1/entities"
 Check = Callable[[httpx.Response], str | None]

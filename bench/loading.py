@@ -21,9 +21,9 @@ from pyoxigraph import Store
 from bench.machine import CpuMeter, memory
 from bench.server import Server
 from bench.workload import Facts, batches
-from twin.model import EntityReader, now_iso
-from twin.rdf import dataset_graph, entity_quads
-from twin.terms import Terms
+from urbis.twin.model import EntityReader, now_iso
+from urbis.twin.rdf import dataset_graph, entity_quads
+from urbis.twin.terms import Terms
 
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
 

@@ -27,13 +27,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from connectors.base import NgsiEntity, Record
-from connectors.definition import SourceDefinition
-from connectors.mqtt import MqttConnector, TwinSink
-from tests.connectors.mqtt_broker import running_mosquitto
-from twin.context import ContextResolver
-from twin.entities import EntityService
-from twin.store.oxigraph import OxigraphBackend
+from urbis.connectors.base import NgsiEntity, Record
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.mqtt import MqttConnector, TwinSink
+from urbis.testing.mosquitto import running_mosquitto
+from urbis.twin.context import ContextResolver
+from urbis.twin.entities import EntityService
+from urbis.twin.store.oxigraph import OxigraphBackend
 
 
 def publish(port: int, rate: float, seconds: float, devices: int) -> None:

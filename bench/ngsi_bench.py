@@ -19,11 +19,11 @@ from typing import Any
 
 import orjson
 
-from api.app import build_state
-from api.settings import Settings
 from bench import latency, loading, machine, profiling, throughput
 from bench.server import REPO, Server, running_server
 from bench.workload import Facts, scale_for
+from urbis.api.app import build_state
+from urbis.api.settings import Settings
 
 MILLION = 1_000_000
 RSS_TARGET = 1.5e9  # the 1.5 GB, read strictly (decimal)

@@ -22,9 +22,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
-from tests.store.servers import Engine, oxigraph_server, virtuoso_server
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.testing.sparql_servers import Engine, oxigraph_server, virtuoso_server
 
 TOKEN = "bench"
 OPS = "/ngsi-ld/v1/entityOperations"

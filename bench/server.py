@@ -45,7 +45,7 @@ def free_port() -> int:
 def running_server(data_dir: Path, log: Path, *, start_timeout: float = 120.0) -> Iterator[Server]:
     """Start the server as users do (`python -m api.cli serve --open`), stop it on exit."""
     port = free_port()
-    command = [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "urbis.cli", "serve", "--data-dir", str(data_dir)]
     command += ["--open", "--host", "127.0.0.1", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
     with log.open("w") as out:

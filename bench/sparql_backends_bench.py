@@ -32,21 +32,22 @@ from typing import Any
 
 from pyoxigraph import QueryBoolean, QuerySolutions
 
-from api.app import build_state
-from api.demo import demo_terms
-from api.settings import Settings
-from ontology.shapes import sparql_prefixes
-from tests.store.servers import oxigraph_server, virtuoso_server
-from twin import demo, ns
-from twin.entities import EntityService
-from twin.geosparql import prepare
-from twin.model import EntityReader
-from twin.provenance import default_dataset_info, describe_dataset
-from twin.rdf import dataset_graph
-from twin.store.base import DEFAULT_TENANT
+from urbis.api.app import build_state
+from urbis.api.settings import Settings
+from urbis.demo import city as demo
+from urbis.demo.loading import demo_terms
+from urbis.ontology import ns
+from urbis.ontology.shapes import sparql_prefixes
+from urbis.testing.sparql_servers import oxigraph_server, virtuoso_server
+from urbis.twin.entities import EntityService
+from urbis.twin.geo.geosparql import prepare
+from urbis.twin.model import EntityReader
+from urbis.twin.provenance import default_dataset_info, describe_dataset
+from urbis.twin.rdf import dataset_graph
+from urbis.twin.store.base import DEFAULT_TENANT
 
 REPO = Path(__file__).resolve().parent.parent
-README = (REPO / "ontology" / "README.md").read_text(encoding="utf-8")
+README = (REPO / "src" / "urbis" / "ontology" / "README.md").read_text(encoding="utf-8")
 COOKBOOK: dict[str, str] = dict(
     re.findall(r"<!-- cookbook: ([\w-]+) -->\n(?:(?!```).)*?```sparql\n(.*?)```", README, re.S)
 )

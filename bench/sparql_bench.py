@@ -123,7 +123,7 @@ def serve(args: list[str], code: Path, log: Path) -> Iterator[tuple[str, int]]:
     """`python -m api.cli serve ARGS` from the source tree `code`; (base URL, pid)."""
     port = free_port()
     env = {**os.environ, "URBIS_DEMO_LIVE_SECONDS": "0", "PYTHONPATH": str(code)}
-    command = [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "urbis.cli", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--open", *args]
     base = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
@@ -153,12 +153,12 @@ def serve(args: list[str], code: Path, log: Path) -> Iterator[tuple[str, int]]:
 
 def build_big_store(data_dir: Path, entities: int) -> int:
     """The demo city scaled to about `entities`, written as `urbis load` does (bulk)."""
-    from api.app import build_state
-    from api.demo import demo_terms
-    from api.settings import Settings
     from bench.workload import batches, scale_for
-    from twin.model import EntityReader, now_iso
-    from twin.rdf import dataset_graph
+    from urbis.api.app import build_state
+    from urbis.api.settings import Settings
+    from urbis.demo.loading import demo_terms
+    from urbis.twin.model import EntityReader, now_iso
+    from urbis.twin.rdf import dataset_graph
 
     state = build_state(Settings(data_dir=data_dir, open=True, demo_live_seconds=0))
     service = state.twin.tenant("", create=True)

@@ -23,14 +23,14 @@ from typing import Any
 
 import httpx
 
-from api.app import build_state
-from api.settings import Settings
-from connectors.base import Cursor
-from connectors.definition import SourceDefinition
-from connectors.sync import SyncManager
-from connectors.wfs import WfsConnector
-from tests.conftest import FIXTURES
-from tests.connectors.ogc_servers import Layer, extract_montpellier_lights, running_mapserver
+from urbis.api.app import build_state
+from urbis.api.settings import Settings
+from urbis.connectors.base import Cursor
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.sync import SyncManager
+from urbis.connectors.wfs import WfsConnector
+from urbis.testing.ogc import Layer, extract_montpellier_lights, running_mapserver
+from urbis.testing.paths import FIXTURES
 
 EXPECTED = 29_969
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from twin import demo
+from urbis.demo import city as demo
 
 SEED = 42
 Entity = dict[str, Any]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.testing.paths import FIXTURES, REFERENCE, SHARED
+
+__all__ = ["FIXTURES", "REFERENCE", "SHARED", "TOKEN", "shared_or_skip"]
 
 TOKEN = "test-admin-token"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFERENCE = SHARED / "reference"
-FIXTURES = SHARED / "fixtures"
 
 
 def shared_or_skip(path: Path) -> Path:

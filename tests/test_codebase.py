@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from api.settings import Settings
+from urbis.api.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ def test_every_setting_is_documented() -> None:
 def test_twin_never_imports_api() -> None:
     offenders = [
         str(p.relative_to(ROOT))
-        for p in (ROOT / "twin").rglob("*.py")
-        if "from api" in p.read_text() or "import api" in p.read_text()
+        for p in (ROOT / "src" / "urbis" / "twin").rglob("*.py")
+        if "urbis.api" in p.read_text()
     ]
     assert not offenders, offenders
 

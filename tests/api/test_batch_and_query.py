@@ -113,7 +113,7 @@ def test_batch_update_merge_delete(client: TestClient) -> None:
 
 
 def test_batch_limit(settings: Any) -> None:
-    from api.app import create_app
+    from urbis.api.app import create_app
 
     settings.max_batch_size = 2
     with TestClient(

@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from twin.jsonstream import iter_json_items
+from urbis.twin.jsonstream import iter_json_items
 
 
 def urbis(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "urbis.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from api.demo import load_demo
 from tests.api.test_entities import problem
+from urbis.demo.loading import load_demo
 
 CTX = "/ngsi-ld/v1/jsonldContexts"
 REL = 'rel="http://www.w3.org/ns/json-ld#context"'

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.conftest import TOKEN
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
 
 URL = "/ngsi-ld/v1/csourceRegistrations"
 NS = "https://example.org/city#"

@@ -18,8 +18,8 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.connectors.mqtt_broker import running_mosquitto
-from tests.serverproc import running_server
+from urbis.testing.mosquitto import running_mosquitto
+from urbis.testing.server import running_server
 
 TOKEN = "demo-mqtt-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

@@ -155,7 +155,7 @@ def test_bad_input_is_rejected_precisely(client: TestClient) -> None:
 
 
 def test_oversized_body(settings: Any) -> None:
-    from api.app import create_app
+    from urbis.api.app import create_app
 
     settings.max_body_bytes = 1000
     with TestClient(
@@ -179,7 +179,7 @@ def test_access_gate(client: TestClient, anonymous: TestClient) -> None:
 
 
 def test_open_mode_allows_anonymous_writes(settings: Any) -> None:
-    from api.app import create_app
+    from urbis.api.app import create_app
 
     settings.open = True
     with TestClient(create_app(settings)) as c:
@@ -299,7 +299,7 @@ def test_delete_entity(client: TestClient) -> None:
 
 
 def test_swapped_coordinates_are_refused_inside_a_service_area(settings: Any) -> None:
-    from api.app import create_app
+    from urbis.api.app import create_app
 
     settings.service_area = "3.7,43.5,4.0,43.7"  # Montpellier
     with TestClient(

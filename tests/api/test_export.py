@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pyoxigraph import RdfFormat, parse
 
-from api.app import create_app
-from api.settings import Settings
 from tests.conftest import TOKEN
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
 
 NGSI = "/ngsi-ld/v1"
 LINK = (
@@ -27,7 +27,7 @@ LINK = (
 
 def urbis(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], capture_output=True, timeout=120
+        [sys.executable, "-m", "urbis.cli", *args], capture_output=True, timeout=120
     )
 
 

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.serverproc import free_port, running_server
-from twin.outbound import FETCH_FAILED
+from urbis.testing.server import free_port, running_server
+from urbis.twin.outbound import FETCH_FAILED
 
 V1 = "/ngsi-ld/v1"
 REGS = f"{V1}/csourceRegistrations"
@@ -450,7 +450,7 @@ def _inst(value: Any, **members: str) -> list[dict[str, Any]]:
 
 
 def test_merge_rules() -> None:
-    from twin.federation import merge_entity
+    from urbis.ngsild.merge import merge_entity
 
     local = {
         "id": "urn:e",
@@ -494,9 +494,9 @@ def test_merge_rules() -> None:
 
 
 def test_which_registrations_apply() -> None:
-    from twin.context import TermMap
-    from twin.query.typeexpr import TypeAll, TypeName
-    from twin.registrations import RegistrationReader
+    from urbis.ngsild.registrations import RegistrationReader
+    from urbis.twin.context import TermMap
+    from urbis.twin.query.typeexpr import TypeAll, TypeName
 
     reader = RegistrationReader(TermMap.core())
     reg = reader.create(
@@ -540,7 +540,7 @@ def test_which_registrations_apply() -> None:
 
 
 def test_via_and_warning_syntax() -> None:
-    from api.federation import SourceWarning, via_names
+    from urbis.api.federation import SourceWarning, via_names
 
     assert via_names("1.1 gw, HTTP/1.1 urbis-a (comment), 1.0 urbis-b") == [
         "gw",

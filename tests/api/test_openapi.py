@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from schemathesis.core.result import Err, Ok
 from starlette.responses import Response
 
-from api import openapi
-from api.app import create_app
-from api.settings import Settings
+from urbis.api import openapi
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
 
 
 def _document(client: TestClient) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.app import create_app
-from api.openapi import EXAMPLE_ID, EXAMPLE_TENANT
-from api.settings import Settings
 from tests.conftest import TOKEN
+from urbis.api.app import create_app
+from urbis.api.openapi import EXAMPLE_ID, EXAMPLE_TENANT
+from urbis.api.settings import Settings
 
 pytestmark = pytest.mark.slow
 CHECKS = [

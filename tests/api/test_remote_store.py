@@ -14,11 +14,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.api.test_entities import bin_entity
-from tests.serverproc import running_server
-from tests.store.servers import Engine, oxigraph_engine, virtuoso_engine
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.testing.server import running_server
+from urbis.testing.sparql_servers import Engine, oxigraph_engine, virtuoso_engine
 
 __all__ = ["oxigraph_engine", "virtuoso_engine"]
 

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import REFERENCE, shared_or_skip
-from twin.context import ContextResolver
+from urbis.twin.context import ContextResolver
 
 SDM = REFERENCE / "smart-data-models"
 MALFORMED = {"FloodMonitoring", "WaterObserved"}

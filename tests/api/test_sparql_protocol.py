@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pyoxigraph import QueryResultsFormat, RdfFormat, parse, parse_query_results
 
-from api.app import create_app
-from api.settings import Settings
 from tests.conftest import TOKEN
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
 
 ETSI = "https://uri.etsi.org/ngsi-ld/errors/"
 TYPES = "SELECT ?t (COUNT(?e) AS ?n) WHERE { ?e a ?t } GROUP BY ?t"
@@ -423,7 +423,9 @@ def test_on_disk_queries_reuse_a_warm_worker_that_sees_writes(tmp_path: Path) ->
         again, reopened = pool.last_pid, pool.opens
         assert _count(client.get("/sparql", params={"query": count})) == 2
         assert pool.last_pid == again and pool.opens == reopened
-        assert first in _children() and pool.spawned <= 2  # no interpreter per query
+        alive = _children()
+        state = (first, again, pool.spawned, pool.workers(), sorted(alive))
+        assert first in alive and pool.spawned <= 2, state  # no interpreter per query
         # A worker that died while idle (even one not yet reaped) is passed over.
         os.kill(again, signal.SIGKILL)
         answer = client.get("/sparql", params={"query": count})

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.conftest import TOKEN
-from twin.subscriptions import Notifier
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.ngsild.subscriptions import Notifier
 
 SUBS = "/ngsi-ld/v1/subscriptions"
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -352,7 +352,7 @@ def test_batch_upsert_notifies_every_entity(client: TestClient, receiver: Receiv
 
 
 def test_failed_delivery_is_recorded_and_writes_go_on(client: TestClient) -> None:
-    from tests.serverproc import free_port
+    from urbis.testing.server import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/nobody"
     sub_id = subscribe(client, subscription(dead))

@@ -18,14 +18,14 @@ from pyoxigraph import NamedNode, QuerySolutions
 from rdflib import Graph
 from SPARQLWrapper import JSON, TURTLE, SPARQLWrapper
 
-from api.app import create_app
-from api.demo import load_demo
-from api.settings import Settings
-from ontology.shapes import sparql_prefixes
 from tests.ontology.test_cookbook import COOKBOOK
-from tests.serverproc import running_server
-from twin.entities import EntityService
-from twin.geosparql import prepare
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.demo.loading import load_demo
+from urbis.ontology.shapes import sparql_prefixes
+from urbis.testing.server import running_server
+from urbis.twin.entities import EntityService
+from urbis.twin.geo.geosparql import prepare
 
 
 @pytest.fixture(scope="module")

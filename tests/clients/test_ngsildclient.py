@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import running_server
+from urbis.testing.server import running_server
 
 VERSION = "0.5.2"
 CACHE = Path(os.environ.get("URBIS_TEST_CACHE", Path.home() / ".cache" / "urbis-tests"))

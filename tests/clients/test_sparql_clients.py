@@ -12,7 +12,7 @@ from rdflib.plugins.stores.sparqlstore import SPARQLStore
 from SPARQLWrapper import JSON, TURTLE, XML, SPARQLWrapper
 from SPARQLWrapper.SPARQLExceptions import QueryBadFormed
 
-from tests.serverproc import running_server
+from urbis.testing.server import running_server
 
 SDM = "https://smartdatamodels.org/dataModel."
 PREFIXES = f"""

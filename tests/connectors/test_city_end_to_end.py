@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.connectors.ogc_servers import (
+from urbis.testing.ogc import (
     KNOWN_LIGHT,
     KNOWN_LIGHT_LONLAT,
     KNOWN_SENSOR,
@@ -35,7 +35,7 @@ from tests.connectors.ogc_servers import (
     pygeoapi_url,
     running_mapserver,
 )
-from tests.serverproc import running_server
+from urbis.testing.server import running_server
 
 __all__ = ["pygeoapi_url"]  # the session fixture this module uses
 
@@ -89,7 +89,7 @@ class City:
 def urbis(*args: str) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess, as an operator types it."""
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "urbis.cli", *args],
         capture_output=True,
         text=True,
         timeout=180,

@@ -13,13 +13,13 @@ import pytest
 import shapefile
 from pyproj import CRS
 
-from api.app import build_state
-from api.settings import Settings
-from connectors.base import Cursor, Feature, NgsiEntity
-from connectors.definition import parse_definition
-from connectors.files import FileConnector, iter_geojson
-from connectors.sync import SyncManager
 from tests.conftest import FIXTURES, shared_or_skip
+from urbis.api.app import build_state
+from urbis.api.settings import Settings
+from urbis.connectors.base import Cursor, Feature, NgsiEntity
+from urbis.connectors.definition import parse_definition
+from urbis.connectors.files import FileConnector, iter_geojson
+from urbis.connectors.sync import SyncManager
 
 LIGHTS = (
     FIXTURES / "montpellier" / "VilleMTP_MTP_EclairagePublic" / "VilleMTP_MTP_EclairagePublic.zip"

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from api.app import build_state
-from api.settings import Settings
-from connectors.base import (
+from urbis.api.app import build_state
+from urbis.api.settings import Settings
+from urbis.connectors.base import (
     BadRecord,
     Connector,
     Cursor,
@@ -22,14 +22,14 @@ from connectors.base import (
     Record,
     SourceUnavailable,
 )
-from connectors.definition import DefinitionError, parse_definition, read_definition, to_toml
-from connectors.harmonize import Harmonizer, harmonize_geometry, to_utc
-from connectors.registry import ConnectorRegistry
-from connectors.sync import SyncManager
-from connectors.units import unit_code
-from twin import ns
-from twin.context import ContextResolver
-from twin.provenance import METADATA_GRAPH
+from urbis.connectors.definition import DefinitionError, parse_definition, read_definition, to_toml
+from urbis.connectors.harmonize import Harmonizer, harmonize_geometry, to_utc
+from urbis.connectors.registry import ConnectorRegistry
+from urbis.connectors.sync import SyncManager
+from urbis.connectors.units import unit_code
+from urbis.ontology import ns
+from urbis.twin.context import ContextResolver
+from urbis.twin.provenance import METADATA_GRAPH
 
 # -- a scripted source, so each sync semantic can be driven exactly -----------------------------
 
@@ -148,7 +148,7 @@ def test_catalog_checks_kind_and_options(manager: SyncManager) -> None:
     with pytest.raises(DefinitionError) as caught:
         manager.catalog.parse({"id": "x", "kind": "nosuch"})
     assert caught.value.problems[0][0] == "kind" and "scripted" in caught.value.problems[0][1]
-    files = ConnectorRegistry(modules=("connectors.files",), plugins=[])
+    files = ConnectorRegistry(modules=("urbis.connectors.files",), plugins=[])
     with pytest.raises(DefinitionError) as caught:
         SyncManager(
             manager.twin, manager.resolver, manager.contexts, data_dir=None, registry=files
@@ -173,10 +173,10 @@ def test_entry_point_plugin_resolves_and_broken_modules_do_not_break_others() ->
             name="parkings", value="urbis_test_plugin:Parkings", group="urbis.connectors"
         )
         registry = ConnectorRegistry(
-            modules=("connectors.files", "connectors.no_such_module"), plugins=[point]
+            modules=("urbis.connectors.files", "connectors.no_such_module"), plugins=[point]
         )
         assert registry.get("parkings") is Parkings
-        assert registry.kinds()["file"] == "connectors.files"
+        assert registry.kinds()["file"] == "urbis.connectors.files"
         assert "connectors.no_such_module" in registry.failures
     finally:
         del sys.modules[module.__name__]

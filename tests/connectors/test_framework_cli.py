@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from api.cli import app
+from urbis.cli.main import app
 
 runner = CliRunner()
 

@@ -21,24 +21,24 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.cli import app
-from api.settings import Settings
-from connectors.base import NgsiEntity, Record, Sink
-from connectors.definition import SourceDefinition
-from connectors.live import LiveManager, LiveReport, LiveSink, coalesce
-from connectors.mqtt import MeasureUpdate, MqttConnector
-from connectors.quarantine import Quarantine
-from connectors.registry import ConnectorRegistry
-from connectors.sync import SyncManager
-from tests.connectors.mqtt_broker import Mosquitto, running_mosquitto
-from tests.serverproc import running_server
-from twin import ns
-from twin.context import ContextRegistry, ContextResolver
-from twin.core import Twin
-from twin.entities import EntityService
-from twin.outbound import OutboundGuard
-from twin.store.oxigraph import OxigraphBackend
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.cli.main import app
+from urbis.connectors.base import NgsiEntity, Record, Sink
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.live import LiveManager, LiveReport, LiveSink, coalesce
+from urbis.connectors.mqtt import MeasureUpdate, MqttConnector
+from urbis.connectors.quarantine import Quarantine
+from urbis.connectors.registry import ConnectorRegistry
+from urbis.connectors.sync import SyncManager
+from urbis.ontology import ns
+from urbis.testing.mosquitto import Mosquitto, running_mosquitto
+from urbis.testing.server import running_server
+from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.core import Twin
+from urbis.twin.entities import EntityService
+from urbis.twin.outbound import OutboundGuard
+from urbis.twin.store.oxigraph import OxigraphBackend
 
 LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 TOKEN = "live-token"

@@ -13,14 +13,21 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from connectors.base import BadRecord, NgsiEntity, Record
-from connectors.definition import SourceDefinition
-from connectors.mqtt import MeasureUpdate, MqttConnector, TwinSink, convert, parse_json, parse_ul
-from tests.connectors.mqtt_broker import Mosquitto, running_mosquitto
-from twin.context import ContextResolver
-from twin.entities import EntityService
-from twin.outbound import OutboundGuard
-from twin.store.oxigraph import OxigraphBackend
+from urbis.connectors.base import BadRecord, NgsiEntity, Record
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.mqtt import (
+    MeasureUpdate,
+    MqttConnector,
+    TwinSink,
+    convert,
+    parse_json,
+    parse_ul,
+)
+from urbis.testing.mosquitto import Mosquitto, running_mosquitto
+from urbis.twin.context import ContextResolver
+from urbis.twin.entities import EntityService
+from urbis.twin.outbound import OutboundGuard
+from urbis.twin.store.oxigraph import OxigraphBackend
 
 LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 CORE = ContextResolver().resolve(None)
@@ -306,7 +313,7 @@ def test_no_qos1_message_is_lost_across_a_broker_restart(
 def test_demo_simulator_feeds_the_twin_through_the_broker(
     mosquitto: Mosquitto, service: EntityService
 ) -> None:
-    from connectors.mqtt_simulator import start_demo_feed
+    from urbis.demo.devices import start_demo_feed
 
     halt = start_demo_feed(
         mosquitto.url,

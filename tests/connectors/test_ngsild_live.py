@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.base import NgsiEntity, Record
-from connectors.definition import SourceDefinition
-from connectors.ngsild_live import NgsiLdLiveConnector
-from tests.serverproc import running_server
-from twin.outbound import OutboundGuard
+from urbis.connectors.base import NgsiEntity, Record
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.ngsild_live import NgsiLdLiveConnector
+from urbis.testing.server import running_server
+from urbis.twin.outbound import OutboundGuard
 
 LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 TOKEN = "live-test-token"

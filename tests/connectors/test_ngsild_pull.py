@@ -10,14 +10,14 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.app import build_state
-from api.settings import Settings
-from connectors.base import Cursor, NgsiEntity, SourceUnavailable
-from connectors.definition import SourceDefinition
-from connectors.ngsild import NgsiLdConnector
-from connectors.sync import SyncManager
-from tests.serverproc import free_port, running_server
-from twin.outbound import OutboundGuard
+from urbis.api.app import build_state
+from urbis.api.settings import Settings
+from urbis.connectors.base import Cursor, NgsiEntity, SourceUnavailable
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.ngsild import NgsiLdConnector
+from urbis.connectors.sync import SyncManager
+from urbis.testing.server import free_port, running_server
+from urbis.twin.outbound import OutboundGuard
 
 LOOPBACK = OutboundGuard(allow_loopback=True)  # the test servers listen on loopback (--open)
 TOKEN = "vendor-token"

@@ -8,10 +8,10 @@ import pytest
 from pydantic import ValidationError
 from pyproj import Transformer
 
-from connectors.base import Feature, SourceUnavailable
-from connectors.definition import SourceDefinition
-from connectors.ogcapi import OgcApiConnector, with_params
-from tests.connectors.ogc_servers import (
+from urbis.connectors.base import Feature, SourceUnavailable
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.ogcapi import OgcApiConnector, with_params
+from urbis.testing.ogc import (
     KNOWN_SENSOR,
     KNOWN_SENSOR_LONLAT,
     SENSOR_COUNT,
@@ -19,8 +19,8 @@ from tests.connectors.ogc_servers import (
     pygeoapi_url,
     sensor_lonlat,
 )
-from tests.serverproc import free_port
-from twin.outbound import OutboundGuard
+from urbis.testing.server import free_port
+from urbis.twin.outbound import OutboundGuard
 
 __all__ = ["pygeoapi_url"]  # the fixture this module uses
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.sync import SyncManager, content, content_text, same_content_text
 from tests.connectors.test_framework import ScriptedConnector, add, light, manager
-from twin.rdf import dump_document
+from urbis.connectors.sync import SyncManager, content, content_text, same_content_text
+from urbis.twin.rdf import dump_document
 
 __all__ = ["manager"]  # the fixture, shared with the framework's tests
 

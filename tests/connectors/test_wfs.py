@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from api.app import build_state
-from api.settings import Settings
-from connectors.base import Feature, SourceUnavailable
-from connectors.definition import SourceDefinition
-from connectors.sync import SyncManager
-from connectors.wfs import WfsConnector
-from tests.connectors.ogc_servers import (
+from urbis.api.app import build_state
+from urbis.api.settings import Settings
+from urbis.connectors.base import Feature, SourceUnavailable
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.sync import SyncManager
+from urbis.connectors.wfs import WfsConnector
+from urbis.testing.ogc import (
     KNOWN_LIGHT,
     KNOWN_LIGHT_L93,
     KNOWN_LIGHT_LONLAT,
@@ -28,8 +28,8 @@ from tests.connectors.ogc_servers import (
     light_xy,
     mapserver,
 )
-from tests.serverproc import free_port
-from twin.outbound import OutboundGuard
+from urbis.testing.server import free_port
+from urbis.twin.outbound import OutboundGuard
 
 __all__ = ["lambert_shapefiles", "mapserver"]  # fixtures used by this module
 

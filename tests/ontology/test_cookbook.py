@@ -19,13 +19,13 @@ import shapely
 from fastapi.testclient import TestClient
 from pyoxigraph import Literal, NamedNode, QuerySolutions, QueryTriples, Store
 
-from api.app import create_app
-from api.demo import load_demo
-from api.settings import Settings
-from ontology.shapes import prefixes, sparql_prefixes
-from twin import demo
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.demo import city as demo
+from urbis.demo.loading import load_demo
+from urbis.ontology.shapes import prefixes, sparql_prefixes
 
-README = Path(__file__).resolve().parents[2] / "ontology" / "README.md"
+README = Path(__file__).resolve().parents[2] / "src" / "urbis" / "ontology" / "README.md"
 TEXT = README.read_text(encoding="utf-8")
 COOKBOOK = dict(
     re.findall(r"<!-- cookbook: ([\w-]+) -->\n(?:(?!```).)*?```sparql\n(.*?)```", TEXT, re.S)

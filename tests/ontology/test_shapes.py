@@ -18,10 +18,13 @@ import pytest
 import rdflib
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.demo import demo_terms, load_demo
-from api.settings import Settings
-from ontology.shapes import (
+from tests.api.test_smart_data_models import MALFORMED, examples, local_contexts
+from tests.conftest import REFERENCE, shared_or_skip
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.demo import city as demo
+from urbis.demo.loading import demo_terms, load_demo
+from urbis.ontology.shapes import (
     Report,
     dataset_quads,
     graph_from_quads,
@@ -31,11 +34,8 @@ from ontology.shapes import (
     validate,
     vocabulary_graph,
 )
-from tests.api.test_smart_data_models import MALFORMED, examples, local_contexts
-from tests.conftest import REFERENCE, shared_or_skip
-from twin import demo
-from twin.context import ContextResolver
-from twin.model import EntityReader
+from urbis.twin.context import ContextResolver
+from urbis.twin.model import EntityReader
 
 SH = rdflib.Namespace("http://www.w3.org/ns/shacl#")
 SDM = "https://smartdatamodels.org/"
@@ -122,7 +122,9 @@ def test_vocabulary_declares_the_twin_namespaces() -> None:
 def test_vocabulary_covers_the_urbis_terms_the_twin_writes() -> None:
     """Every urbis: predicate written by twin/rdf.py and twin/provenance.py is declared."""
     root = Path(__file__).resolve().parents[2]
-    source = (root / "twin" / "rdf.py").read_text() + (root / "twin" / "provenance.py").read_text()
+    source = (root / "src/urbis/twin/rdf.py").read_text() + (
+        root / "src/urbis/twin/provenance.py"
+    ).read_text()
     vocab = vocabulary_graph()
     declared = {str(s) for s in vocab.subjects(rdflib.RDF.type, None)}
     used = {"https://urbis.city/ns#" + n for n in ("document", "dataset", "connector", "status")}

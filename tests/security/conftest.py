@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.security.listener import Listener
+from urbis.testing.listener import Listener
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.serverproc import free_port, running_server
+from urbis.testing.server import free_port, running_server
 
 TOKEN = "crash-test-token"
 ENV = {"URBIS_ADMIN_TOKEN": TOKEN}
@@ -37,7 +37,7 @@ def entity(i: int, generation: int) -> dict[str, object]:
 
 def start(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    command = [sys.executable, "-m", "api.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "urbis.cli", "serve", "--port", str(port)]
     command += ["--data-dir", str(data)]
     env = {**os.environ, **ENV}
     proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
@@ -148,7 +148,7 @@ def test_kill_during_urbis_load_leaves_no_partial_entity(tmp_path: Path) -> None
     source.write_text(json.dumps([entity(i, 7) for i in range(30_000)]))
     data = tmp_path / "twin"
     load = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "load", str(source), "--data-dir", str(data)],
+        [sys.executable, "-m", "urbis.cli", "load", str(source), "--data-dir", str(data)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -181,7 +181,7 @@ def test_kill_during_sync_then_resume_converges(tmp_path: Path) -> None:
 
     def urbis(*args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "api.cli", *args, "--data-dir", str(data)],
+            [sys.executable, "-m", "urbis.cli", *args, "--data-dir", str(data)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -20,13 +20,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.conftest import TOKEN
-from tests.serverproc import running_server
-from twin.errors import BadRequestData
-from twin.query.idpattern import compile_id_pattern
-from twin.subscriptions import Notifier
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.ngsild.subscriptions import Notifier
+from urbis.testing.server import running_server
+from urbis.twin.errors import BadRequestData
+from urbis.twin.query.idpattern import compile_id_pattern
 
 V1 = "/ngsi-ld/v1"
 EVIL_PATTERN = "urn:ngsi-ld:RD:(a+)+b"

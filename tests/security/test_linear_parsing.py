@@ -17,9 +17,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.http import CONTEXT_REL, MAX_LINK_LENGTH, parse_links
-from tests.serverproc import running_server
-from twin.errors import BadRequestData
+from urbis.api.http import CONTEXT_REL, MAX_LINK_LENGTH, parse_links
+from urbis.testing.server import running_server
+from urbis.twin.errors import BadRequestData
 
 V1 = "/ngsi-ld/v1"
 BAD_REQUEST = "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"

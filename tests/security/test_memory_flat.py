@@ -16,14 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pyoxigraph import Store
 
-import twin.store.oxigraph as oxigraph
-from api.app import create_app
-from api.settings import Settings
-from twin.context import ContextResolver
-from twin.core import Twin
-from twin.entities import EntityService, merge_entity, update_attributes
-from twin.model import EntityReader
-from twin.store.oxigraph import OxigraphBackend, OxigraphTenant
+import urbis.twin.store.oxigraph as oxigraph
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.twin.context import ContextResolver
+from urbis.twin.core import Twin
+from urbis.twin.entities import EntityService, merge_entity, update_attributes
+from urbis.twin.model import EntityReader
+from urbis.twin.store.oxigraph import OxigraphBackend, OxigraphTenant
 
 TERMS = ContextResolver().resolve(None)
 BUDGET = 512 * 1024  # a small flush budget, so that a few hundred updates must flush

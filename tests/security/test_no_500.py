@@ -20,11 +20,11 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.conftest import TOKEN
-from tests.serverproc import running_server
-from twin.entities import EntityService
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.testing.server import running_server
+from urbis.twin.entities import EntityService
 
 ETSI = "https://uri.etsi.org/ngsi-ld/errors/"
 PROBLEM = "application/problem+json"

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.conftest import TOKEN
-from twin.query.plan import EntityQuery, plan
-from twin.query.qlang import expand_q, parse_q
-from twin.query.typeexpr import parse_types
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.twin.query.plan import EntityQuery, plan
+from urbis.twin.query.qlang import expand_q, parse_q
+from urbis.twin.query.typeexpr import parse_types
 
 V1 = "/ngsi-ld/v1"
 TOO_COMPLEX = "https://uri.etsi.org/ngsi-ld/errors/TooComplexQuery"

@@ -17,15 +17,15 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from api.app import create_app
-from api.deps import access_gate, admin_only, is_write
-from api.settings import Settings
 from tests.api.test_subscriptions import Receiver, receiver  # noqa: F401  (a fixture)
 from tests.conftest import TOKEN
 from tests.security.test_no_500 import all_routes, concrete
-from tests.serverproc import free_port, running_server
-from twin import ns
-from twin.iri import redact_in, redact_url
+from urbis.api.app import create_app
+from urbis.api.deps import access_gate, admin_only, is_write
+from urbis.api.settings import Settings
+from urbis.ontology import ns
+from urbis.testing.server import free_port, running_server
+from urbis.twin.iri import redact_in, redact_url
 
 ETSI = "https://uri.etsi.org/ngsi-ld/errors/"
 ENTITIES = "/ngsi-ld/v1/entities"

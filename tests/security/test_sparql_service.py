@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.conftest import TOKEN
-from tests.security.listener import Listener
-from tests.serverproc import free_port
-from twin.sparql_service import DISABLED, service_endpoints
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.sparql.service import DISABLED, service_endpoints
+from urbis.testing.listener import Listener
+from urbis.testing.server import free_port
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 RESULTS = {

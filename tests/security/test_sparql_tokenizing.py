@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from connectors.base import Cursor
-from connectors.definition import SourceDefinition
-from connectors.ngsild import NgsiLdConnector
-from twin import geosparql
-from twin.errors import ERROR_BASE
-from twin.outbound import OutboundGuard
-from twin.store.sparql_text import rewrite, tokens
+from urbis.connectors.base import Cursor
+from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.ngsild import NgsiLdConnector
+from urbis.twin.errors import ERROR_BASE
+from urbis.twin.geo import geosparql
+from urbis.twin.outbound import OutboundGuard
+from urbis.twin.store.sparql_text import rewrite, tokens
 
 # Units repeated into long runs: name characters with '-', '.', digits, non-ASCII letters and
 # no ':', quotes with escapes, '<' without '>', triple quotes.

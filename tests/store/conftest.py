@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.store.servers import Engine, oxigraph_engine, virtuoso_engine
-from twin.store.base import StoreBackend, TenantStore
-from twin.store.oxigraph import OxigraphBackend
-from twin.store.sparql import SparqlBackend
+from urbis.testing.sparql_servers import Engine, oxigraph_engine, virtuoso_engine
+from urbis.twin.store.base import StoreBackend, TenantStore
+from urbis.twin.store.oxigraph import OxigraphBackend
+from urbis.twin.store.sparql import SparqlBackend
 
 __all__ = ["oxigraph_engine", "virtuoso_engine"]
 

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Iterator
 import pytest
 from pyoxigraph import Literal, NamedNode, Quad, QueryBoolean, QuerySolutions, Triple
 
-from twin import ns
-from twin.errors import NgsiLdError, NonexistentTenant
-from twin.rdf import RDF_JSON, dump_document, entity_quads, load_document
-from twin.store.base import StoreBackend, TenantStore
+from urbis.ontology import ns
+from urbis.twin.errors import NgsiLdError, NonexistentTenant
+from urbis.twin.rdf import RDF_JSON, dump_document, entity_quads, load_document
+from urbis.twin.store.base import StoreBackend, TenantStore
 
 DATASET = ns.DATASET_PREFIX + "contract"
 OTHER = ns.DATASET_PREFIX + "other"

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ontology.core_context import (
+from urbis.ontology.core_context import (
     CORE_CONTEXT,
     DEFAULT_CORE_CONTEXT_URL,
     DEFAULT_VOCAB,
@@ -31,19 +31,14 @@ from ontology.core_context import (
     core_context_document,
     is_core_context_url,
 )
-from twin.context import (
-    PACKAGED_CONTEXTS,
-    ContextRegistry,
-    ContextResolver,
-    TermMap,
-)
-from twin.errors import (
+from urbis.twin.context import PACKAGED_CONTEXTS, ContextRegistry, ContextResolver, TermMap
+from urbis.twin.errors import (
     BadRequestData,
     LdContextNotAvailable,
     OperationNotSupported,
     ResourceNotFound,
 )
-from twin.outbound import FETCH_FAILED, OutboundGuard
+from urbis.twin.outbound import FETCH_FAILED, OutboundGuard
 
 LOOPBACK = OutboundGuard(allow_loopback=True)  # as `urbis serve --open`
 REFERENCE = Path("/work/shared/reference")

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from twin import demo
-from twin.errors import InvalidRequest
+from urbis.demo import city as demo
+from urbis.twin.errors import InvalidRequest
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTEXT_FILE = ROOT / "ontology" / "contexts" / "urbis-smart-city.jsonld"
+CONTEXT_FILE = ROOT / "src" / "urbis" / "ontology" / "contexts" / "urbis-smart-city.jsonld"
 REFERENCE = Path("/work/shared/reference")
 SDM = REFERENCE / "smart-data-models"
 CORE_V18 = REFERENCE / "ngsi-ld" / "ngsi-ld-core-context-v1.8.jsonld"

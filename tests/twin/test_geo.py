@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Geod
 
-from twin.errors import BadRequestData
-from twin.geo import (
+from urbis.twin.errors import BadRequestData
+from urbis.twin.geo import (
     CRS84,
     GeoQuery,
     SpatialIndex,

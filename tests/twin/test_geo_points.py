@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.twin.test_geo import MALFORMED, VALID
-from twin.errors import BadRequestData
-from twin.geo import (
+from urbis.twin.errors import BadRequestData
+from urbis.twin.geo import (
     GeoQuery,
     SpatialIndex,
     geojson_wkt,
@@ -21,7 +21,7 @@ from twin.geo import (
     point_position,
     wkt_literal,
 )
-from twin.geo.geometry import _Parser
+from urbis.twin.geo.geometry import _Parser
 
 numbers = st.one_of(
     st.floats(-180, 180, allow_nan=False),

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from pyoxigraph import Literal, NamedNode, Quad, QuerySolutions, Store
 from pyproj import Geod
 
-from api.app import create_app
-from api.settings import Settings
-from twin import ns
-from twin.entities import EntityService
-from twin.geo import wkt_literal
-from twin.geosparql import (
+from urbis.api.app import create_app
+from urbis.api.settings import Settings
+from urbis.ontology import ns
+from urbis.twin.entities import EntityService
+from urbis.twin.geo import wkt_literal
+from urbis.twin.geo.geosparql import (
     FUNCTIONS,
     VALUES_CHUNK,
     distance_metres,
@@ -29,8 +29,8 @@ from twin.geosparql import (
     prepare,
     stored_literals,
 )
-from twin.rdf import GEO_AS_WKT, GEO_HAS_GEOMETRY, GEO_WKT_LITERAL, RDF_TYPE, geometry_node
-from twin.store.oxigraph import OxigraphTenant
+from urbis.twin.rdf import GEO_AS_WKT, GEO_HAS_GEOMETRY, GEO_WKT_LITERAL, RDF_TYPE, geometry_node
+from urbis.twin.store.oxigraph import OxigraphTenant
 
 GEOD = Geod(ellps="WGS84")
 PREFIXES = (

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.demo import load_demo
+from urbis.demo.loading import load_demo
 
-README = Path(__file__).resolve().parents[2] / "ontology" / "README.md"
+README = Path(__file__).resolve().parents[2] / "src" / "urbis" / "ontology" / "README.md"
 TEXT = README.read_text()
 PREFIXES = re.search(r"```text\n(PREFIX.*?)```", TEXT, re.S)
 QUERIES = re.findall(r"```sparql\n(.*?)```", TEXT, re.S)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ontology.shapes import vocabulary_graph
-from twin import ns
-from twin.provenance import (
+from urbis.ontology import ns
+from urbis.ontology.shapes import vocabulary_graph
+from urbis.twin.provenance import (
     METADATA_GRAPH,
     DatasetInfo,
     SyncRun,
@@ -18,7 +18,7 @@ from twin.provenance import (
     run_iri,
     run_quads,
 )
-from twin.store.oxigraph import OxigraphBackend, OxigraphTenant
+from urbis.twin.store.oxigraph import OxigraphBackend, OxigraphTenant
 
 PREFIXES = """
 PREFIX dcat: <http://www.w3.org/ns/dcat#>

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin.errors import BadRequestData, OperationNotSupported, TooComplexQuery
-from twin.query.qeval import evaluate
-from twin.query.qlang import (
+from urbis.twin.errors import BadRequestData, OperationNotSupported, TooComplexQuery
+from urbis.twin.query.qeval import evaluate
+from urbis.twin.query.qlang import (
     METADATA,
     And,
     Compare,

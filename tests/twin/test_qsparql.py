@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyoxigraph import QuerySolutions, Store
 
-from twin.query.qeval import evaluate
-from twin.query.qlang import (
+from urbis.twin.query.qeval import evaluate
+from urbis.twin.query.qlang import (
     And,
     Compare,
     Exists,
@@ -29,8 +29,8 @@ from twin.query.qlang import (
     expand_q,
     parse_q,
 )
-from twin.query.qsparql import simple_patterns, to_sparql
-from twin.rdf import entity_quads
+from urbis.twin.query.qsparql import simple_patterns, to_sparql
+from urbis.twin.rdf import entity_quads
 
 EX = "https://ex.org/"
 TYPE = EX + "T"

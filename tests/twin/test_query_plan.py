@@ -8,12 +8,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 from tests.twin.test_qsparql import TYPE, expand, load, scenarios
-from twin.entities import EntityService
-from twin.query.plan import EntityQuery
-from twin.query.qeval import evaluate
-from twin.query.qlang import QExpr, expand_q
-from twin.query.typeexpr import TypeName
-from twin.store.oxigraph import OxigraphTenant
+from urbis.twin.entities import EntityService
+from urbis.twin.query.plan import EntityQuery
+from urbis.twin.query.qeval import evaluate
+from urbis.twin.query.qlang import QExpr, expand_q
+from urbis.twin.query.typeexpr import TypeName
+from urbis.twin.store.oxigraph import OxigraphTenant
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

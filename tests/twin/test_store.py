@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from twin.context import ContextResolver
-from twin.core import Twin
-from twin.geo import parse_geoq
-from twin.model import EntityReader
-from twin.query.plan import EntityQuery
-from twin.store.oxigraph import OxigraphBackend
+from urbis.twin.context import ContextResolver
+from urbis.twin.core import Twin
+from urbis.twin.geo import parse_geoq
+from urbis.twin.model import EntityReader
+from urbis.twin.query.plan import EntityQuery
+from urbis.twin.store.oxigraph import OxigraphBackend
 
 TERMS = ContextResolver().resolve(None)
 

@@ -1,0 +1,194 @@
+"""Typed request dependencies: the twin, the tenant, the @context terms, the access gate."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+import httpx
+from fastapi import Depends, Request
+from pydantic import SecretStr
+from starlette.concurrency import run_in_threadpool
+
+from urbis.api.http import CORE_CONTEXT, link_context
+from urbis.api.settings import Settings
+from urbis.connectors.live import LiveManager
+from urbis.connectors.sync import SyncManager
+from urbis.ngsild.registrations import RegistrationStore
+from urbis.ngsild.subscriptions import Notifier
+from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.core import Twin
+from urbis.twin.entities import EntityService
+from urbis.twin.errors import BadRequestData, Unauthorized
+from urbis.twin.model import EntityReader
+from urbis.twin.outbound import OutboundGuard
+from urbis.twin.store.base import DEFAULT_TENANT, check_tenant
+from urbis.twin.terms import Terms
+
+log = logging.getLogger("urbis")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A bearer token is visible ASCII (RFC 6750 b64token, and any punctuation an operator chose).
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_READS: set[Callable[..., Any]] = set()
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def reads(endpoint: Endpoint) -> Endpoint:
+    """Marks a route whose method is not GET as a read (POST /entityOperations/query): the
+    access gate classifies operations, not HTTP methods. Put it below the @router lines."""
+    _READS.add(endpoint)
+    return endpoint
+
+
+def well_formed_token(token: str) -> bool:
+    return bool(_TOKEN.fullmatch(token))
+
+
+def is_write(request: Request) -> bool:
+    if request.method in SAFE_METHODS:
+        return False
+    return request.scope.get("endpoint") not in _READS
+
+
+@dataclass
+class AppState:
+    """What create_app puts on `app.state.urbis`."""
+
+    settings: Settings
+    twin: Twin
+    resolver: ContextResolver
+    registry: ContextRegistry
+    admin_token: SecretStr | None  # a SecretStr so that no repr or log shows it
+    notifier: Notifier | None = None  # NGSI-LD subscriptions' delivery (twin.subscriptions)
+    # Federation (api/federation.py): registrations, this broker's Via alias, the HTTP client.
+    registrations: RegistrationStore = field(default_factory=lambda: RegistrationStore(None))
+    alias: str = "urbis"
+    http: httpx.AsyncClient | None = None
+    # Every server-side fetch goes through this one guard (twin/outbound.py).
+    outbound: OutboundGuard = field(default_factory=OutboundGuard)
+    sources: SyncManager | None = None  # connectors: definitions, syncs (connectors/sync.py)
+    live: LiveManager | None = None  # live sources: MQTT, NGSI-LD (connectors/live.py)
+
+    def reader(self, terms: Terms, *, now: str | None = None) -> EntityReader:
+        """Reads request entities with this deployment's checks (service area)."""
+        return EntityReader(terms, now=now, area=self.settings.area())
+
+
+# Dependencies are `async def`: FastAPI runs plain `def` dependencies in a worker thread each,
+# and four thread hops per request cost more than the work they wrap.
+
+
+async def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.urbis
+    return state
+
+
+StateDep = Annotated[AppState, Depends(app_state)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the sovereignty layer will replace this with a party and its policies."""
+
+    admin: bool
+    anonymous: bool
+
+
+async def access_gate(request: Request, state: StateDep) -> Caller:
+    """Reads are public; writes need the admin bearer token unless the server runs open."""
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    if token and not well_formed_token(token):
+        # Never echo the token: it may be a real secret sent with a stray character.
+        raise BadRequestData("the bearer token must be visible ASCII characters only")
+    expected = state.admin_token
+    admin = bool(
+        token
+        and expected is not None
+        # On bytes: compare_digest refuses non-ASCII str (a 500 once).
+        and hmac.compare_digest(token.encode("ascii"), _secret_bytes(expected))
+    )
+    if state.settings.open:
+        return Caller(admin=True, anonymous=not admin)
+    if is_write(request) and not admin:
+        if token:
+            raise Unauthorized("the bearer token is not valid for writes")
+        raise Unauthorized(
+            "writes need 'Authorization: Bearer <admin token>' (URBIS_ADMIN_TOKEN); "
+            "start with --open for anonymous local development"
+        )
+    return Caller(admin=admin, anonymous=token is None)
+
+
+def _secret_bytes(secret: SecretStr) -> bytes:
+    return secret.get_secret_value().encode("utf-8", "surrogateescape")
+
+
+CallerDep = Annotated[Caller, Depends(access_gate)]
+
+
+async def admin_only(caller: CallerDep) -> Caller:
+    """Admin operations (sources, SPARQL Update, dumps) need the admin token, even to read."""
+    if not caller.admin:
+        raise Unauthorized("this operation needs 'Authorization: Bearer <admin token>'")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(admin_only)]
+
+
+def tenant_name(request: Request) -> str:
+    name = request.headers.get("ngsild-tenant") or request.headers.get("fiware-service")
+    return check_tenant(name.strip()) if name else DEFAULT_TENANT
+
+
+async def tenant_service(request: Request, state: StateDep, _: CallerDep) -> EntityService:
+    """Reads of an unknown tenant fail (NonexistentTenant); writes create it (clause 5.5.7)."""
+    create = is_write(request)
+    name = tenant_name(request)
+    if state.twin.is_open(name):
+        return state.twin.tenant(name)
+    # First use opens the store and rebuilds its spatial index: keep that off the event loop.
+    return await run_in_threadpool(lambda: state.twin.tenant(name, create=create))
+
+
+ServiceDep = Annotated[EntityService, Depends(tenant_service)]
+
+
+@dataclass
+class LdContext:
+    """The request's @context: its resolved terms and the value to echo in responses."""
+
+    terms: Terms
+    value: Any  # URL string, list or inline object; None means the core context only
+
+    def link_url(self) -> str:
+        return self.value if isinstance(self.value, str) else CORE_CONTEXT
+
+    def body_value(self) -> Any:
+        if self.value is None:
+            return CORE_CONTEXT
+        return self.value
+
+
+def resolve_context(state: AppState, value: Any) -> LdContext:
+    return LdContext(terms=state.resolver.resolve(value), value=value)
+
+
+async def resolve_context_async(state: AppState, value: Any) -> LdContext:
+    """Cached contexts resolve in place; a fetch goes to a worker thread, off the event loop."""
+    terms = state.resolver.cached(value)
+    if terms is None:
+        terms = await run_in_threadpool(state.resolver.resolve, value)
+    return LdContext(terms=terms, value=value)
+
+
+async def link_context_dep(request: Request, state: StateDep) -> LdContext:
+    return await resolve_context_async(state, link_context(request))
+
+
+ContextDep = Annotated[LdContext, Depends(link_context_dep)]

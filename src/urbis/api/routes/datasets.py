@@ -1,0 +1,76 @@
+"""Datasets of a tenant (one named graph each) and their dumps as downloads.
+
+`GET /datasets` lists the tenant's datasets with their entity counts; `GET /datasets/{name}/dump`
+streams one dataset graph as N-Quads or TriG, chosen by Accept. Dumps are admin-only until the
+data-sovereignty layer decides per policy who may download what.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response, StreamingResponse
+
+from urbis.api.deps import AdminDep, ServiceDep
+from urbis.api.http import accept
+from urbis.api.responses import json_response
+from urbis.ontology import ns
+from urbis.twin.dumps import FORMATS, serialized
+from urbis.twin.errors import ResourceNotFound
+from urbis.twin.rdf import dataset_graph
+from urbis.twin.store.base import TenantStore
+
+router = APIRouter(tags=["datasets"])
+
+_MEDIA = {media: (rdf_format, suffix) for rdf_format, media, suffix in FORMATS.values()}
+_OFFERED = tuple(_MEDIA)  # N-Quads first: the answer to */* and to no Accept header
+_COUNTS = (
+    f"SELECT ?d (COUNT(?e) AS ?n) WHERE {{ GRAPH <{ns.ENTITIES_GRAPH}> "
+    f"{{ ?e <{ns.URBIS}dataset> ?d }} }} GROUP BY ?d"
+)
+
+
+def dataset_counts(store: TenantStore) -> dict[str, int]:
+    """Entities per dataset name, including dataset graphs that hold no entity."""
+    counts: dict[str, int] = {}
+    for graph, n in store.select(_COUNTS):
+        if graph is not None and graph.startswith(ns.DATASET_PREFIX):
+            counts[graph[len(ns.DATASET_PREFIX) :]] = int(n or 0)
+    for graph in store.graphs():
+        if graph.startswith(ns.DATASET_PREFIX):
+            counts.setdefault(graph[len(ns.DATASET_PREFIX) :], 0)
+    return dict(sorted(counts.items()))
+
+
+@router.get("/datasets")
+async def list_datasets(service: ServiceDep) -> Response:
+    counts = await run_in_threadpool(dataset_counts, service.store)
+    body: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "graph": dataset_graph(name),
+            "entities": n,
+            "dump": f"/datasets/{name}/dump",
+        }
+        for name, n in counts.items()
+    ]
+    return json_response(body)
+
+
+@router.get("/datasets/{name}/dump")
+async def dump_dataset(name: str, request: Request, service: ServiceDep, _: AdminDep) -> Response:
+    media = accept(request, _OFFERED)
+    graph = dataset_graph(name)
+    graphs = await run_in_threadpool(service.store.graphs)
+    if graph not in graphs:
+        raise ResourceNotFound(f"dataset {name!r} not found; GET /datasets lists the datasets")
+    rdf_format, suffix = _MEDIA[media]
+    # A sync iterator: Starlette pulls it in a worker thread, chunk by chunk.
+    chunks = serialized(service.store.dump(graph), rdf_format)
+    return StreamingResponse(
+        chunks,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}{suffix}"'},
+    )

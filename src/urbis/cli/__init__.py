@@ -1,0 +1,1 @@
+"""The `urbis` command: serve, load, export/restore, sources."""

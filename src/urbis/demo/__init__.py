@@ -1,0 +1,1 @@
+"""The demo city: its entities, its live updates and its MQTT devices."""

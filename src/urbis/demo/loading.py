@@ -1,0 +1,236 @@
+"""Loads the generated demo city and keeps it alive with periodic sensor updates."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import csv
+import json
+import logging
+import random
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from urbis.api.deps import AppState
+from urbis.connectors.definition import SourceDefinition, parse_definition
+from urbis.demo import city as demo
+from urbis.twin.entities import append_attributes
+from urbis.twin.model import EntityReader, now_iso
+from urbis.twin.provenance import default_dataset_info, describe_dataset
+from urbis.twin.store.base import DEFAULT_TENANT
+from urbis.twin.terms import Terms
+
+log = logging.getLogger("urbis")
+DEMO_DATASET = "urn:urbis:dataset:demo"
+
+
+def demo_terms(state: AppState) -> Terms:
+    """The packaged smart-city context, resolved from the registry (never fetched)."""
+    return state.resolver.resolve(state.registry.get(demo.CONTEXT_ID)["@context"])
+
+
+def write_demo_files(directory: Path, *, seed: int = 42) -> tuple[Path, Path]:
+    """The generated city as a vendor would publish it: NGSI-LD GeoJSON and a flat CSV.
+
+    Street lights go to a CSV table (one column per attribute, lon/lat columns), as a GIS
+    department's export would; every other entity to an NGSI-LD GeoJSON FeatureCollection.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    city = directory / "demo-city.geojson"
+    lights = directory / "demo-streetlights.csv"
+    rows: list[dict[str, Any]] = []
+    with city.open("w", encoding="utf-8") as out:
+        out.write('{"type": "FeatureCollection", "features": [\n')
+        first = True
+        for entity in demo.generate(seed=seed):
+            if entity["type"] == "Streetlight":
+                rows.append(_flat(entity))
+                continue
+            feature = {
+                "type": "Feature",
+                "id": entity["id"],
+                "geometry": entity["location"]["value"],
+                "properties": {k: v for k, v in entity.items() if k != "id"},
+            }
+            out.write(("" if first else ",\n") + json.dumps(feature, ensure_ascii=False))
+            first = False
+        out.write("\n]}\n")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with lights.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, delimiter=";")
+        writer.writeheader()
+        writer.writerows(rows)
+    return city, lights
+
+
+def _flat(entity: dict[str, Any]) -> dict[str, Any]:
+    """One street light as a CSV row: plain values, JSON for structured ones, lon/lat."""
+    lon, lat = entity["location"]["value"]["coordinates"]
+    row: dict[str, Any] = {"ref": entity["id"].rsplit("demo-", 1)[1], "lon": lon, "lat": lat}
+    for name, attr in entity.items():
+        if name in ("id", "type", "location"):
+            continue
+        if attr["type"] == "Relationship":
+            row[name] = attr["object"]
+            continue
+        value = attr["value"]
+        if isinstance(value, dict) and "@value" in value:
+            value = value["@value"]
+        row[name] = (
+            json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+        )
+        if "observedAt" in attr:
+            row["observedAt"] = attr["observedAt"]
+    return row
+
+
+def _light_mapping(entity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CSV columns back to Streetlight attributes, with their conversion and unit."""
+    mapping: list[dict[str, Any]] = []
+    for name, attr in entity.items():
+        if name in ("id", "type", "location"):
+            continue
+        item: dict[str, Any] = {"source": name, "attribute": name}
+        if attr["type"] == "Relationship":
+            item["type"] = "Relationship"
+        else:
+            value = attr["value"]
+            if isinstance(value, dict) and value.get("@type") in ("DateTime", "Date"):
+                item["convert"] = "datetime" if value["@type"] == "DateTime" else "date"
+            elif isinstance(value, dict | list):
+                item["convert"] = "json"
+            elif isinstance(value, bool):
+                item["convert"] = "bool"
+            elif isinstance(value, int | float):
+                item["convert"] = type(value).__name__
+            if "unitCode" in attr:
+                item["unit"] = attr["unitCode"]
+        mapping.append(item)
+    return mapping
+
+
+def demo_sources(directory: Path, *, seed: int = 42) -> list[SourceDefinition]:
+    """The demo city's two sources: its files, written into `directory`."""
+    city, lights = write_demo_files(directory, seed=seed)
+    info = demo.dataset_info(DEMO_DATASET)
+    common: dict[str, Any] = {
+        "kind": "file",
+        "context": demo.CONTEXT_ID,
+        "publisher": info.publisher,
+        "licence": info.licence,
+        "description": info.description,
+    }
+    sample = next(e for e in demo.generate(seed=seed) if e["type"] == "Streetlight")
+    return [
+        parse_definition({**common, "id": "demo", "endpoint": str(city), "title": info.title}),
+        parse_definition(
+            {
+                **common,
+                "id": "demo-streetlights",
+                "endpoint": str(lights),
+                "title": "Urbis demo city: street lights (CSV export)",
+                "entity_type": "Streetlight",
+                "id_template": "urn:ngsi-ld:Streetlight:demo-{key}",
+                "key": "ref",
+                "observed_at": "observedAt",
+                "mapping": _light_mapping(sample),
+            }
+        ),
+    ]
+
+
+def load_demo(state: AppState, *, seed: int = 42) -> int:
+    """Write the demo city out as files and sync them through the file connector.
+
+    So the demo shows federation at work: each file is a source with its own named graph,
+    provenance, report and quarantine (`GET /sources`). Returns the entities in the twin from
+    those sources. The live readings come from `run_live_demo`, or, with URBIS_DEMO_MQTT_URL,
+    from simulated devices through a broker and the "demo-mqtt" source (`start_demo_devices`).
+    """
+    manager = state.sources
+    assert manager is not None
+    data_dir = state.settings.data_dir
+    if data_dir is not None:
+        directory = data_dir / "demo-files"
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="urbis-demo-"))
+        atexit.register(shutil.rmtree, directory, True)
+    total = 0
+    for source in demo_sources(directory, seed=seed):
+        manager.catalog.remember(source)
+        report = manager.sync(source.id)
+        if report.status != "ok" or report.quarantined:
+            log.warning("demo source %s: %s", source.id, report.to_dict())
+        total += report.created + report.updated + report.unchanged
+    service = state.twin.tenant(DEFAULT_TENANT, create=True)
+    describe_dataset(service.store, default_dataset_info(), datetime.now(UTC))
+    log.info("demo city synced from %s: %d entities", directory, total)
+    return total
+
+
+def apply_updates(state: AppState, rng: random.Random) -> int:
+    terms = demo_terms(state)
+    service = state.twin.tenant(DEFAULT_TENANT, create=True)
+    now = now_iso()
+    reader = EntityReader(terms, now=now)
+    items = []
+    for entity_id, fragment in demo.updates(rng, datetime.now(UTC)):
+        items.append((entity_id, reader.attributes(fragment, allow_null=False)))
+
+    def update(attrs: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any] | None:
+        if existing is None:
+            return None
+        doc = dict(existing)
+        append_attributes(doc, attrs, overwrite=True, now=now)
+        return doc
+
+    return len(service.batch(items, update, graph=DEMO_DATASET).success)
+
+
+def start_demo_devices(state: AppState, broker_url: str) -> Callable[[], None]:
+    """The demo's sensors as MQTT devices (URBIS_DEMO_MQTT_URL): the simulator publishes each
+    tick to the broker and the "demo-mqtt" source, a live source like any other, brings the
+    measures back into the twin. Returns what stops the simulator; the source is stopped
+    with the other live sources."""
+    from urbis.demo.devices import demo_source, run_simulator
+
+    manager = state.sources
+    assert manager is not None
+    info = demo.dataset_info(DEMO_DATASET)
+    source = demo_source(broker_url, demo.CONTEXT_ID).model_copy(
+        update={
+            "context": demo.CONTEXT_ID,
+            "publisher": info.publisher,
+            "licence": info.licence,
+            "description": "Simulated IoT Agent JSON devices of the demo city's sensors",
+        }
+    )
+    manager.catalog.remember(source)  # started by the live manager with the others
+    stop = threading.Event()
+    period = state.settings.demo_live_seconds
+    thread = threading.Thread(
+        target=run_simulator, args=(broker_url, stop, period), name="demo-sim", daemon=True
+    )
+    thread.start()
+    log.info("demo sensors publish to %s; source %s brings them back", broker_url, source.id)
+
+    def halt() -> None:
+        stop.set()
+        thread.join(timeout=10)
+
+    return halt
+
+
+async def run_live_demo(state: AppState, period: float) -> None:
+    rng = random.Random(7)
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await asyncio.to_thread(apply_updates, state, rng)
+        except Exception:  # the demo must never take the server down
+            log.exception("demo update failed")

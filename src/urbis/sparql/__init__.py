@@ -1,0 +1,1 @@
+"""SPARQL features: the protocol, SERVICE checks, update, result streaming."""
