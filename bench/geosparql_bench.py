@@ -1,5 +1,5 @@
 """GeoSPARQL spatial filters over 100,000 points on the embedded store: the engine's scan against
-the spatial-index rewrite (twin/geosparql.py). Prints p50/p95 in milliseconds.
+the spatial-index rewrite (twin/geo/geosparql.py). Prints p50/p95 in milliseconds.
 
     python -m bench.geosparql_bench [--points 100000] [--runs 30] [--sweep]
 

@@ -107,10 +107,12 @@ class CpuMeter:
         }
 
 
-def source_digest(root: Path, packages: tuple[str, ...] = ("api", "twin", "ontology")) -> str:
-    """A fingerprint of the code under test, since a run may not match any commit."""
+def source_digest(root: Path) -> str:
+    """A fingerprint of the code under test, since a run may not match any commit (`src/` or,
+    before the src layout, the top-level packages)."""
     digest = hashlib.sha256()
-    for package in packages:
+    tops = ("src",) if (root / "src").is_dir() else ("api", "twin", "ontology", "connectors")
+    for package in tops:
         for path in sorted((root / package).rglob("*")):
             if path.is_file() and path.suffix in (".py", ".jsonld"):
                 digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())

@@ -1,6 +1,6 @@
 """NGSI-LD performance benchmark: `python -m bench.ngsi_bench [--entities N] [--million]`.
 
-Starts its own server (`python -m api.cli serve --open`) on a free loopback port over a
+Starts its own server (`python -m urbis.cli serve --open`) on a free loopback port over a
 temporary on-disk twin, loads the demo city with batch upserts, measures GET throughput with
 wrk and query latencies one request at a time, then loads the same quads straight into a
 pyoxigraph store for comparison. Prints a table and writes the figures as JSON.
@@ -50,6 +50,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=Path, help="py-spy each phase into this directory")
     p.add_argument("--work-dir", type=Path, help="where the temporary twin goes (default /tmp)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument(
+        "--code", type=Path, help="serve from this source tree instead (a before/after comparison)"
+    )
     args = p.parse_args(argv)
     if args.million:
         args.entities = MILLION
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.machine_facts(),
-        "source_digest": machine.source_digest(REPO),
+        "source_digest": machine.source_digest(args.code or REPO),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "demo_scale": scale,
         "load_average_at_start": os.getloadavg(),
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     facts = Facts()
     with tempfile.TemporaryDirectory(prefix="urbis-bench-", dir=args.work_dir) as tmp:
         work = Path(tmp)
-        with running_server(work / "twin", work / "server.log") as server:
+        with running_server(work / "twin", work / "server.log", code=args.code) as server:
             results["rss_empty"] = machine.memory(server.pid)
             log(f"server pid {server.pid} at {server.base}; loading demo scale {scale}")
             with profiling.recording(server.pid, _profile_path(args, "upsert")):
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_raw:
             loaded = results["upsert"]["entities"]
             results["raw_oxigraph"] = _raw_phase(args, scale, server.context_url, work, loaded)
-    results["source_changed_during_run"] = machine.source_digest(REPO) != results["source_digest"]
+    digest = machine.source_digest(args.code or REPO)
+    results["source_changed_during_run"] = digest != results["source_digest"]
     if args.profile is not None:
         results["profiles"] = {
             p.stem: profiling.summarise(p) for p in sorted(args.profile.glob("*.txt"))

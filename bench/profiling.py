@@ -57,7 +57,7 @@ def _place(frame: str) -> tuple[str, str]:
         path = path.split("site-packages/", 1)[1]
     elif path.startswith(str(REPO)):
         path = path[len(str(REPO)) + 1 :]
-    return path, function
+    return path.removeprefix("src/urbis/"), function
 
 
 # Leaf frames of a thread that waits: py-spy's idle detection misses them in this sandbox.

@@ -2,7 +2,7 @@
 
 `python -m bench.soak_bench [--minutes 10] [--rate 150] [--entities 5000] [--out FILE]`
 
-Starts its own server (`python -m api.cli serve --open`) on a free loopback port over a
+Starts its own server (`python -m urbis.cli serve --open`) on a free loopback port over a
 temporary on-disk twin, loads the demo city with batch upserts, then sends a steady mix of
 PATCH attrs, merge-patches, PUT replaces, batch upserts, GETs by id and queries with q from a
 bounded pool of keep-alive clients for `--minutes`, sampling the server's resident memory

@@ -24,8 +24,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,7 +36,9 @@ from typing import Any
 import httpx
 from pyoxigraph import QuerySolutions, Store
 
-from bench.server import free_port
+from bench.server import cli_module
+from urbis.testing.processes import children
+from urbis.testing.server import serving
 
 REPO = Path(__file__).resolve().parent.parent
 WASTE = "https://smartdatamodels.org/dataModel.WasteManagement/"
@@ -108,47 +108,14 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found.extend(int(p) for p in (task / "children").read_text().split())
-    except OSError:
-        pass
-    return found
-
-
 @contextmanager
 def serve(args: list[str], code: Path, log: Path) -> Iterator[tuple[str, int]]:
-    """`python -m api.cli serve ARGS` from the source tree `code`; (base URL, pid)."""
-    port = free_port()
-    env = {**os.environ, "URBIS_DEMO_LIVE_SECONDS": "0", "PYTHONPATH": str(code)}
-    command = [sys.executable, "-m", "urbis.cli", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--open", *args]
-    base = f"http://127.0.0.1:{port}"
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited:\n{log.read_text()[-3000:]}")
-                try:
-                    if httpx.get(base + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.3)
-            yield base, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """`urbis serve --open ARGS` from the source tree `code`; (base URL, pid)."""
+    env = {"URBIS_DEMO_LIVE_SECONDS": "0"}
+    with serving(
+        "--open", *args, log=log, env=env, code=code, module=cli_module(code), timeout=300
+    ) as server:
+        yield server.base, server.pid
 
 
 def build_big_store(data_dir: Path, entities: int) -> int:
@@ -232,7 +199,7 @@ def measure_stream(base: str, pid: int) -> Stream:
     def sample() -> None:
         while not done.is_set():
             peak["server"] = max(peak["server"], _rss_mb(pid))
-            workers = sum(_rss_mb(child) for child in _children(pid))
+            workers = sum(_rss_mb(child) for child in children(pid))
             peak["workers"] = max(peak["workers"], workers)
             time.sleep(0.05)
 

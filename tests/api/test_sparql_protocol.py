@@ -17,6 +17,7 @@ from pyoxigraph import QueryResultsFormat, RdfFormat, parse, parse_query_results
 from tests.conftest import TOKEN
 from urbis.api.app import create_app
 from urbis.api.settings import Settings
+from urbis.testing.processes import children
 
 ETSI = "https://uri.etsi.org/ngsi-ld/errors/"
 TYPES = "SELECT ?t (COUNT(?e) AS ?n) WHERE { ?e a ?t } GROUP BY ?t"
@@ -54,23 +55,8 @@ def _count(response: object) -> int:
 
 
 def _children() -> set[int]:
-    """Live child processes of this process (the query workers).
-
-    Read from every process's own `stat` (its parent pid), not from the per-thread
-    `children` lists: a child of a thread that ends moves to another thread's list, and a
-    scan of those lists can miss it in between.
-    """
-    me, found = os.getpid(), set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):  # a process that ended meanwhile
-            continue
-        if int(fields[1]) == me:
-            found.add(int(entry.name))
-    return found
+    """Live child processes of this process (the query workers)."""
+    return children()
 
 
 def test_get_query_answers_sparql_results_json(demo: TestClient) -> None:

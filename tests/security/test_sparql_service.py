@@ -1,4 +1,4 @@
-"""Issue 8, item 2: federated SPARQL SERVICE is off by default (twin/sparql_service.py).
+"""Issue 8, item 2: federated SPARQL SERVICE is off by default (sparql/service.py).
 
 pyoxigraph makes SERVICE calls itself, past the outbound guard, so every spelling of SERVICE
 is aimed at a real loopback listener that counts connections: it must get none, on GET, on a

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         default=True, description="Run the sources' scheduled syncs in the background."
     )
 
-    # -- subscriptions (twin/subscriptions.py) --------------------------------------------
+    # -- subscriptions (ngsild/subscriptions.py) --------------------------------------------
     notification_timeout: float = Field(
         default=5.0, description="Seconds a notification endpoint may take to answer."
     )

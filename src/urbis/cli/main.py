@@ -207,13 +207,13 @@ def sparql(
             out.write(f"{triple.subject} {triple.predicate} {triple.object} .\n")
 
 
-# Connector sources (api/sources_cli.py): `urbis sources add|list|quarantine`, `urbis sync`.
+# Connector sources (cli/sources.py): `urbis sources add|list|quarantine`, `urbis sync`.
 from urbis.cli.sources import sources_app, sync  # noqa: E402
 
 app.add_typer(sources_app, name="sources")
 app.command()(sync)
 
-# Export and backup (api/export_cli.py): `urbis export`, `urbis restore`.
+# Export and backup (cli/export.py): `urbis export`, `urbis restore`.
 from urbis.cli.export import export, restore  # noqa: E402
 
 app.command("export")(export)

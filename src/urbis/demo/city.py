@@ -915,7 +915,7 @@ def dataset_info(graph: str) -> DatasetInfo:
     return DatasetInfo(
         graph=graph,
         title="Urbis demo city (Montpellier, synthetic)",
-        source="twin/demo.py",
+        source="demo/city.py",
         connector="demo",
         publisher=PROVIDER,
         licence="https://creativecommons.org/publicdomain/zero/1.0/",

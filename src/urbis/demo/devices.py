@@ -138,7 +138,7 @@ def start_demo_feed(
     guard: OutboundGuard | None = None,
 ) -> Callable[[], None]:
     """Start the simulator and the connector into `service`; returns the function that stops
-    both (the hook for api/demo.py). `guard`: where the connector may connect."""
+    both (the hook for demo/loading.py). `guard`: where the connector may connect."""
     stop = threading.Event()
     connector = MqttConnector(demo_source(broker_url, context), guard=guard)
     sink = TwinSink(service, resolve, graph=graph)

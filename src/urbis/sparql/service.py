@@ -7,7 +7,7 @@ So what a query may call is decided from its parsed form before any backend sees
 The check fails closed. Oxigraph's keywords are ASCII and case-insensitive and need no word
 boundary (`SERVICESILENT<...>` parses), and it expands `\\u` escapes only inside strings and
 IRIs; so a text without the ASCII letters "service" in any case cannot call out, and only texts
-with them are parsed (rdflib's parser, as twin/sparql_update.py does: prefixes, BASE,
+with them are parsed (rdflib's parser, as sparql/update.py does: prefixes, BASE,
 subqueries, EXISTS, comments and strings are the grammar's business, not a regex's). rdflib
 would expand escapes everywhere, which could move a string's end: they are replaced by U+FFFD
 first (and such an endpoint matches no allowed one). A text rdflib cannot parse is refused.

@@ -2,9 +2,9 @@
 
 Queries are public reads through the access gate; updates need the admin token. Every answer,
 error included, carries CORS headers so that browser query editors (YASGUI) work from any
-origin; the rest of the API is untouched by that. Answers stream (api/sparql_stream.py); a
+origin; the rest of the API is untouched by that. Answers stream (sparql/stream.py); a
 query runs in a killable child process with the time and row limits of the settings
-(twin/sparql_guard.py).
+(twin/store/query_workers.py).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ async def sparql_query(request: Request, state: StateDep) -> Response:
 
 async def _check_service(text: str, state: AppState, admin: bool, update: bool = False) -> None:
     """SERVICE would make the engine (in process, in the guard's child or remote) call out:
-    refused unless allowed (twin/sparql_service.py); parsed only when it may be there."""
+    refused unless allowed (sparql/service.py); parsed only when it may be there."""
     if mentions_service(text):
         allow = state.settings.sparql_service_allow
         await run_in_threadpool(check_service, text, allow=allow, admin=admin, update=update)
@@ -130,7 +130,7 @@ def _run(service: EntityService, operation: Operation, state: AppState) -> Any:
 def _called(functions: dict[str, Any], text: str) -> dict[str, Any] | None:
     """The functions the query can call: its text names their namespace and local name.
 
-    Requests are pickled to a warm worker (twin/sparql_guard.py): sending only the functions
+    Requests are pickled to a warm worker (twin/store/query_workers.py): sending only the functions
     the query names keeps that cheap.
     """
     if ns.GEOF not in text:
@@ -163,7 +163,7 @@ async def _description(request: Request, state: AppState) -> Response:
 
 @router.post("/sparql/update")
 async def sparql_update(request: Request, state: StateDep) -> Response:
-    """SPARQL 1.1 Protocol update operation: admin only; see twin/sparql_update.py for what
+    """SPARQL 1.1 Protocol update operation: admin only; see sparql/update.py for what
     an update may write."""
     try:
         await admin_only(await access_gate(request, state))

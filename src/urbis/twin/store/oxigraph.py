@@ -48,7 +48,7 @@ class OxigraphTenant(TenantStore):
         self._unflushed = 0  # quads written since the last flush
         self._unflushed_text = 0  # characters of SPARQL update text since the last flush
         # Held by every write into the store, and by a query child's fork (or read-only open)
-        # so that no writer is inside the store at that instant (twin/sparql_guard.py).
+        # so that no writer is inside the store at that instant (twin/store/query_workers.py).
         self.write_lock = threading.RLock()
         self.query_pool = ForkedPool(store, self.write_lock) if path is None else None
         # On disk: pre-started interpreters that keep a read-only store open between writes.
@@ -152,8 +152,8 @@ class OxigraphTenant(TenantStore):
         max_rows: int | None = None,
     ) -> SparqlResult:
         """In-process without limits; in a killable child process with a timeout or row limit
-        (twin/sparql_guard.py), where errors, timeouts and an early-known row limit are raised
-        here, before any result is handed out."""
+        (twin/store/query_workers.py), where errors, timeouts and an early-known row limit are
+        raised here, before any result is handed out."""
         request = QueryRequest(
             query,
             default_graphs=default_graphs,

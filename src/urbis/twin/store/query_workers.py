@@ -8,9 +8,10 @@ and is killed (SIGKILL) when its deadline passes; the CPU work ends with the pro
 - An in-memory store is shared with the child by `os.fork()` (copy-on-write), taken while the
   tenant's write lock is held so that no writer is inside the store at that instant.
 - An on-disk (RocksDB) store cannot be forked (its background threads' locks deadlock the
-  child), so pre-started interpreters (`python -m twin.sparql_guard`, `DiskPool`) open it with
-  `Store.read_only` under the write lock (they see every committed write, flushed or not) and
-  keep it open for the next queries until a write changes the store's version.
+  child), so pre-started interpreters (`DiskPool`, each `python -m
+  urbis.twin.store.query_workers`) open it with `Store.read_only` under the write lock (they
+  see every committed write, flushed or not) and keep it open for the next queries until a
+  write changes the store's version.
 
 The child streams its answer through a pipe as frames; the pipe is the bounded queue between
 the engine and the HTTP response (a child blocks on a full pipe). Solutions travel as SPARQL
@@ -439,20 +440,28 @@ class _Worker:
     answers: int  # worker -> parent
     version: int
 
+    reaped: bool = False
+
     def kill(self) -> None:
+        if self.reaped:  # its pid may belong to another process by now
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
     def reap(self) -> None:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+        if not self.reaped:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.reaped = True
 
     def stop(self) -> None:
+        """Kill, close, reap; idempotent: a second close could hit a reused descriptor."""
         self.kill()
         for fd in (self.requests, self.answers):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        self.requests = self.answers = -1
         self.reap()
 
 
@@ -568,8 +577,8 @@ def _life_pipe() -> int:
 
 @dataclass(eq=False)
 class DiskWorker:
-    """A `python -m twin.sparql_guard` process; `version` is the store version its read-only
-    store shows (-1: none open yet)."""
+    """A `python -m urbis.twin.store.query_workers` process; `version` is the store version
+    its read-only store shows (-1: none open yet)."""
 
     process: subprocess.Popen[bytes]
     requests: int  # parent -> worker
@@ -591,10 +600,13 @@ class DiskWorker:
         self.process.wait()
 
     def stop(self) -> None:
+        """Kill, close, reap; idempotent: a second close could hit a reused descriptor."""
         self.kill()
         for fd in (self.requests, self.answers):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.requests = self.answers = -1
         self.reap()
 
 
@@ -848,7 +860,8 @@ def _preimport() -> None:
 
 
 def _disk_worker_main(life_fd: int) -> NoReturn:
-    """`python -m twin.sparql_guard LIFE_FD`: queries on an on-disk store, one after the other.
+    """`python -m urbis.twin.store.query_workers LIFE_FD`: queries on an on-disk store, one
+    after the other.
 
     A request is (reopen flag, pickled QueryRequest). The worker answers READY once its
     read-only store is open (reopened when asked: the server's store changed), then the

@@ -41,7 +41,7 @@ _AFTER_PNAME = r"""
   | (?P<other>.)
 """
 _TOKEN = re.compile(_BEFORE_PNAME + _PNAME + _AFTER_PNAME, re.VERBOSE | re.DOTALL)
-# As in twin/geosparql.py: a failed pname has scanned the whole run of name characters, and
+# As in twin/geo/geosparql.py: a failed pname has scanned the whole run of name characters, and
 # fails at every later position of it, so it is not tried again there (linear, not quadratic).
 _TOKEN_NO_PNAME = re.compile(_BEFORE_PNAME + _AFTER_PNAME, re.VERBOSE | re.DOTALL)
 _NAME_RUN = re.compile(r"[A-Za-z\u00c0-\uffff][\w.\-\u00b7-\uffff]*")
