@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from urbis.twin.jsonstream import iter_json_items
+from urbis.cli.jsonstream import iter_json_items
 
 
 def urbis(*args: str) -> subprocess.CompletedProcess[str]:

@@ -118,8 +118,8 @@ def load(
 
     from urbis.api.app import build_state
     from urbis.api.settings import Settings
+    from urbis.cli.jsonstream import iter_json_items
     from urbis.twin.errors import NgsiLdError
-    from urbis.twin.jsonstream import iter_json_items
     from urbis.twin.model import EntityReader
     from urbis.twin.rdf import dataset_graph
     from urbis.twin.store.base import DEFAULT_TENANT
