@@ -34,6 +34,7 @@ from urbis.twin.errors import NgsiLdError, ResourceNotFound, TooManyResults
 from urbis.twin.model import EntityReader
 from urbis.twin.outbound import fetch_failed, guarded_async_client
 from urbis.twin.query.plan import EntityQuery
+from urbis.twin.query.selector import EntitySelector
 from urbis.twin.query.typeexpr import TypeExpr, type_names
 from urbis.twin.terms import Terms
 
@@ -181,18 +182,11 @@ async def federated_query(
 
 
 def _matching(store: RegistrationStore, tenant: str, query: EntityQuery) -> list[Registration]:
+    """Registrations some of whose entity infos may select what the query selects."""
     if query.selectors:  # POST query with EntitySelectors: not distributed yet
         return []
-    return store.matching(
-        tenant,
-        lambda r: r.applies_to_query(
-            "queryEntity",
-            ids=query.ids,
-            id_pattern=query.id_pattern,
-            types=query.types,
-            attrs=query.attrs,
-        ),
-    )
+    wanted = EntitySelector.of(query.ids, query.id_pattern, query.types)  # compiled once
+    return store.matching(tenant, lambda r: r.applies_to("queryEntity", wanted, query.attrs))
 
 
 def _may_forward(

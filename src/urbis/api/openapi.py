@@ -77,7 +77,11 @@ _SELECTOR: Schema = {
     "description": "EntitySelector: at least one of id, idPattern, type",
     "properties": {
         "id": {"type": "string", "format": "uri"},
-        "idPattern": {"type": "string"},
+        "idPattern": {
+            "type": "string",
+            "description": "Regular expression that some part of the id must match "
+            "(^...$ for the whole id), as in entity queries (docs/matching.md)",
+        },
         "type": {"type": "string", "minLength": 1},
     },
     "anyOf": [{"required": [k]} for k in ("id", "idPattern", "type")],
@@ -431,7 +435,14 @@ _REPRESENTATION = [
 def _entity_query(settings: Settings) -> list[Schema]:
     return [
         _csv("id", "Entity ids", {"type": "string", "format": "uri"}),
-        _query("idPattern", _TEXT, "Regular expression on entity ids"),
+        _query(
+            "idPattern",
+            _TEXT,
+            "Regular expression that some part of the entity id must match (a search: "
+            "Road:1 matches urn:ngsi-ld:Road:12; ^...$ for the whole id), the same in "
+            "queries, subscriptions and registrations; \\d, \\w, \\s, back-references "
+            "and (?...) are refused (docs/matching.md)",
+        ),
         _query(
             "type",
             {"type": "string", "minLength": 1, "example": "Streetlight"},
@@ -904,7 +915,12 @@ def operations(settings: Settings) -> dict[tuple[str, str], Schema]:
             params=[
                 LINK,
                 _csv("id", "Entity ids", {"type": "string", "format": "uri"}),
-                _query("idPattern", {"type": "string"}, "Entity id pattern"),
+                _query(
+                    "idPattern",
+                    {"type": "string"},
+                    "Regular expression on entity ids, a search as in entity queries "
+                    "(docs/matching.md)",
+                ),
                 _query("type", {"type": "string"}, "Entity types"),
                 _csv("attrs", "Attributes"),
                 *_paging(s),

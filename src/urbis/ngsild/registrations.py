@@ -19,9 +19,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +32,8 @@ from urbis.twin.errors import AlreadyExists, BadRequestData, ResourceNotFound
 from urbis.twin.model import check_datetime, check_name, check_uri, now_iso
 from urbis.twin.query.idpattern import compile_id_pattern
 from urbis.twin.query.plan import EntityQuery
-from urbis.twin.query.typeexpr import TypeAll, TypeAny, TypeExpr, TypeName
+from urbis.twin.query.selector import EntitySelector
+from urbis.twin.query.typeexpr import TypeExpr, TypeName
 from urbis.twin.store.base import check_tenant
 from urbis.twin.terms import Terms
 
@@ -112,26 +114,28 @@ Doc = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class EntitySelector:
-    """One member of `information[].entities`: a type, optionally an id or an idPattern."""
+class EntityInfo:
+    """One member of `information[].entities` (clause 5.2.8): a type, optionally an id or an
+    idPattern. What it selects is decided by the EntitySelector queries and subscriptions use."""
 
     type: str  # expanded IRI
     id: str | None = None
     id_pattern: str | None = None
 
-    def matches(self, entity_id: str, types: Iterable[str]) -> bool:
-        if self.type not in types:
-            return False
-        if self.id is not None:
-            return entity_id == self.id
-        return self.id_pattern is None or compile_id_pattern(self.id_pattern).search(entity_id)
+    @cached_property
+    def selector(self) -> EntitySelector:
+        ids = (self.id,) if self.id is not None else ()
+        return EntitySelector(ids, self.id_pattern, TypeName(self.type))
+
+    def matches(self, entity_id: str, types: Collection[str]) -> bool:
+        return self.selector.selects_entity(entity_id, types)
 
 
 @dataclass(frozen=True)
 class RegistrationInfo:
     """One member of `information`: entities and attribute names (all optional, one needed)."""
 
-    entities: tuple[EntitySelector, ...] = ()
+    entities: tuple[EntityInfo, ...] = ()
     property_names: tuple[str, ...] = ()
     relationship_names: tuple[str, ...] = ()
 
@@ -149,41 +153,19 @@ class RegistrationInfo:
         attrs: Iterable[str] | None,
     ) -> bool:
         """Whether a query with these conditions may find data of this information item."""
+        return self.may_serve(EntitySelector.of(ids, id_pattern, types), attrs)
+
+    def may_serve(self, wanted: EntitySelector, attrs: Iterable[str] | None) -> bool:
+        """Whether entities a query selects by `wanted` (and `attrs`) may be held here: some
+        registered entity info may select the same entities (`EntitySelector.may_overlap`)."""
         names = self.names
         if attrs is not None and names and not names & set(attrs):
             return False
-        if not self.entities:
-            return True
-        return any(_selector_may_match(s, ids, id_pattern, types) for s in self.entities)
+        return not self.entities or any(e.selector.may_overlap(wanted) for e in self.entities)
 
     def holds(self, entity_id: str, types: Iterable[str]) -> bool:
         type_set = set(types)
         return not self.entities or any(s.matches(entity_id, type_set) for s in self.entities)
-
-
-def _selector_may_match(
-    sel: EntitySelector, ids: Sequence[str] | None, id_pattern: str | None, types: TypeExpr | None
-) -> bool:
-    if types is not None and not _type_may_match(types, sel.type):
-        return False
-    if ids:
-        if sel.id is not None:
-            return sel.id in ids
-        if sel.id_pattern is not None:
-            return any(compile_id_pattern(sel.id_pattern).search(i) for i in ids)
-        return True
-    if id_pattern is not None and sel.id is not None:
-        return compile_id_pattern(id_pattern).search(sel.id)
-    return True  # two patterns: undecidable here, the source decides
-
-
-def _type_may_match(expr: TypeExpr, type_iri: str) -> bool:
-    """Conservative: `A;B` may match a source registered for A (its entities may also be B)."""
-    if isinstance(expr, TypeName):
-        return expr.iri == type_iri
-    if isinstance(expr, TypeAny | TypeAll):
-        return any(_type_may_match(i, type_iri) for i in expr.items)
-    return True
 
 
 @dataclass(frozen=True)
@@ -242,13 +224,16 @@ class Registration:
         attrs: Iterable[str] | None = None,
     ) -> bool:
         """Whether an entity query or retrieval (by `operation`) should reach this source."""
+        return self.applies_to(operation, EntitySelector.of(ids, id_pattern, types), attrs)
+
+    def applies_to(
+        self, operation: str, wanted: EntitySelector, attrs: Iterable[str] | None = None
+    ) -> bool:
+        """`applies_to_query` for a query's entity conditions already compiled."""
         if operation not in self.supported_operations or not self.active():
             return False
         attr_list = list(attrs) if attrs is not None else None
-        return any(
-            info.may_hold(ids=ids, id_pattern=id_pattern, types=types, attrs=attr_list)
-            for info in self.information
-        )
+        return any(info.may_serve(wanted, attr_list) for info in self.information)
 
     def attribute_scope(self, entity_id: str, types: Iterable[str]) -> frozenset[str] | None:
         """The attributes this source is registered for on one entity: None means all of them,
@@ -494,7 +479,7 @@ def _info(raw: object, terms: Terms, n: int) -> RegistrationInfo:
     return RegistrationInfo(entities, props, rels)
 
 
-def _selector(raw: object, terms: Terms, where: str) -> EntitySelector:
+def _selector(raw: object, terms: Terms, where: str) -> EntityInfo:
     sel = _object(raw, where)
     unknown = set(sel) - {"id", "idPattern", "type"}
     if unknown:
@@ -507,7 +492,7 @@ def _selector(raw: object, terms: Terms, where: str) -> EntitySelector:
     pattern = sel.get("idPattern")
     if pattern is not None:
         compile_id_pattern(pattern, f"{where}.idPattern")  # RE2, the subset queries share
-    return EntitySelector(
+    return EntityInfo(
         type=terms.expand(type_name),
         id=check_uri(sel["id"], f"{where}.id") if "id" in sel else None,
         id_pattern=pattern,

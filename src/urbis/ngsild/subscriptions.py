@@ -35,14 +35,15 @@ import orjson
 
 from urbis.twin.entities import EntityService
 from urbis.twin.errors import BadRequestData, NgsiLdError, ResourceNotFound
-from urbis.twin.geo import GeoQuery, matches, parse_geometry, parse_geoq
+from urbis.twin.geo import parse_geoq
 from urbis.twin.iri import redact_in, redact_url
 from urbis.twin.model import EntityWriter, check_datetime, check_name, is_uri, now_iso
 from urbis.twin.outbound import OutboundGuard, guarded_client
-from urbis.twin.query.idpattern import IdPattern, compile_id_pattern
-from urbis.twin.query.qeval import evaluate
-from urbis.twin.query.qlang import QExpr, expand_q, parse_q
-from urbis.twin.query.typeexpr import TypeAll, TypeAny, TypeExpr, TypeName, parse_types
+from urbis.twin.query.idpattern import compile_id_pattern
+from urbis.twin.query.matcher import EntityMatcher
+from urbis.twin.query.qlang import expand_q, parse_q
+from urbis.twin.query.selector import EntitySelector
+from urbis.twin.query.typeexpr import parse_types
 from urbis.twin.terms import Terms
 
 log = logging.getLogger("urbis")
@@ -279,40 +280,22 @@ def merge_patch(current: Doc, fragment: object) -> Doc:
 
 
 @dataclass(frozen=True)
-class EntitySelector:
-    ids: frozenset[str]
-    pattern: IdPattern | None
-    types: TypeExpr
-
-
-@dataclass(frozen=True)
 class Filter:
     """A subscription with every name expanded: what decides whether a change notifies."""
 
-    selectors: tuple[EntitySelector, ...]
+    matcher: EntityMatcher  # entities, q and geoQ: the matcher queries use
     watched: frozenset[str] | None
     triggers: frozenset[str]
-    q: QExpr | None
-    geo: GeoQuery | None
     attributes: frozenset[str] | None
 
     def wants(self, old: Doc | None, new: Doc | None) -> bool:
         """Whether this committed change of one entity is notified (clauses 5.8.1, 5.11)."""
         doc = new if new is not None else old
-        if doc is None or not self._selected(doc):
+        if doc is None or not self.matcher.selects(doc):
             return False
         if new is None:  # a deletion: q and geoQ cannot be evaluated on what is gone
             return "entityDeleted" in self.triggers
-        if not self._changed(old, new):
-            return False
-        if self.q is not None and not evaluate(self.q, new):
-            return False
-        return self.geo is None or self._geo_matches(new)
-
-    def _selected(self, doc: Doc) -> bool:
-        if not self.selectors:
-            return True
-        return any(_selector_matches(s, doc) for s in self.selectors)
+        return self._changed(old, new) and self.matcher.matches(new)
 
     def _changed(self, old: Doc | None, new: Doc) -> bool:
         if old is None:
@@ -335,46 +318,17 @@ class Filter:
                 return True
         return False
 
-    def _geo_matches(self, doc: Doc) -> bool:
-        assert self.geo is not None
-        for inst in doc.get(self.geo.geoproperty, []):
-            if inst.get("type") != "GeoProperty":
-                continue
-            try:
-                if matches(self.geo, parse_geometry(inst["value"])):
-                    return True
-            except NgsiLdError:
-                continue
-        return False
-
 
 def _attribute_names(doc: Doc) -> Iterable[str]:
     return (k for k, v in doc.items() if isinstance(v, list) and k not in ("type", "scope"))
-
-
-def _selector_matches(selector: EntitySelector, doc: Doc) -> bool:
-    if selector.ids and doc["id"] not in selector.ids:
-        return False
-    if selector.pattern is not None and not selector.pattern.search(doc["id"]):
-        return False
-    return _type_matches(selector.types, doc.get("type", []))
-
-
-def _type_matches(expr: TypeExpr, types: Sequence[str]) -> bool:
-    if isinstance(expr, TypeName):
-        return expr.iri in types
-    if isinstance(expr, TypeAll):
-        return all(_type_matches(i, types) for i in expr.items)
-    assert isinstance(expr, TypeAny)
-    return any(_type_matches(i, types) for i in expr.items)
 
 
 def compile_filter(sub: Mapping[str, Any], terms: Terms, *, max_q_length: int = 4096) -> Filter:
     """Expand the subscription's names with its @context; raises BadRequestData if invalid."""
     selectors = tuple(
         EntitySelector(
-            ids=frozenset([s["id"]]) if "id" in s else frozenset(),
-            pattern=compile_id_pattern(s["idPattern"]) if "idPattern" in s else None,
+            ids=(s["id"],) if "id" in s else (),
+            id_pattern=s.get("idPattern"),  # checked and compiled by the selector
             types=parse_types(s["type"], terms.expand),
         )
         for s in sub.get("entities", [])
@@ -405,11 +359,9 @@ def compile_filter(sub: Mapping[str, Any], terms: Terms, *, max_q_length: int = 
             geo = replace(parsed, geoproperty=terms.expand(parsed.geoproperty))
     attributes = sub.get("notification", {}).get("attributes")
     return Filter(
-        selectors=selectors,
+        matcher=EntityMatcher(selectors=selectors, q=q, geo=geo),
         watched=frozenset(terms.expand(a) for a in watched) if watched else None,
         triggers=frozenset(sub.get("notificationTrigger") or DEFAULT_TRIGGERS),
-        q=q,
-        geo=geo,
         attributes=frozenset(terms.expand(a) for a in attributes) if attributes else None,
     )
 

@@ -27,8 +27,8 @@ from urbis.twin.errors import (
 )
 from urbis.twin.geo import GeoQuery, SpatialIndex
 from urbis.twin.model import NULL_URI, VALUE_MEMBER
+from urbis.twin.query.matcher import EntityMatcher
 from urbis.twin.query.plan import EntityQuery, plan
-from urbis.twin.query.qeval import evaluate
 from urbis.twin.query.sparql import iri
 from urbis.twin.query.typeexpr import type_names
 from urbis.twin.rdf import dump_document, entity_quads, geometry_owner, load_document
@@ -99,7 +99,9 @@ class EntityService:
             ids = [row[0] for row in self.store.select(sparql.page(query.limit, query.offset))]
             docs = self.get_many([i for i in ids if i is not None])
             return QueryResult([docs[i][0] for i in ids if i in docs], total)
-        # Inexact: the store narrows the candidates, the evaluator decides.
+        # Inexact: the store narrows the candidates, the matcher decides. The geo hits came
+        # from the spatial index, which tests with the matcher's own function: not redone.
+        matcher = EntityMatcher.for_query(query, geo=False)
         scan = sparql.page(self.max_scan + 1, 0)
         candidates = [row[0] for row in self.store.select(scan) if row[0] is not None]
         if len(candidates) > self.max_scan:
@@ -108,11 +110,10 @@ class EntityService:
                 "a type, ids or a simpler q"
             )
         matched: list[Doc] = []
-        assert query.q is not None
         for start in range(0, len(candidates), 500):
             batch = self.get_many(candidates[start : start + 500])
             for entity_id in candidates[start : start + 500]:
-                if entity_id in batch and evaluate(query.q, batch[entity_id][0]):
+                if entity_id in batch and matcher.matches(batch[entity_id][0]):
                     matched.append(batch[entity_id][0])
         total = len(matched) if query.count else None
         return QueryResult(matched[query.offset : query.offset + query.limit], total)

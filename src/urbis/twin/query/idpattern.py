@@ -6,8 +6,9 @@ too. So everywhere a pattern matches when it matches some part of the id: `RD:1`
 `urn:ngsi-ld:RD:12`; anchor with `^...$` for whole ids.
 
 Queries run the pattern in the store (pyoxigraph: Rust `regex`; remote engines: their SPARQL
-REGEX, XPath flavour, PCRE in Virtuoso); subscriptions and registrations run it here with RE2.
-All are linear-time engines, but their dialects differ, so only the part of the syntax they all
+REGEX, XPath flavour, PCRE in Virtuoso); subscriptions, registrations and the queries'
+post-filter run it here with RE2 (through `selector.EntitySelector`, docs/matching.md). All
+are linear-time engines, but their dialects differ, so only the part of the syntax they all
 read alike is accepted (anything else is a 400 naming the construct):
 
 * characters other than the metacharacters `\\ . ^ $ | ? * + ( ) [ ] { }`; `.`; anchors `^ $`;

@@ -17,29 +17,12 @@ from urbis.twin.geo import GeoQuery
 from urbis.twin.query.qlang import And, QExpr
 from urbis.twin.query.qsparql import simple_patterns, to_sparql
 from urbis.twin.query.scopeq import scope_filter
-from urbis.twin.query.sparql import iri, string
+from urbis.twin.query.selector import EntitySelector, id_pattern_filter
+from urbis.twin.query.sparql import iri
 from urbis.twin.query.typeexpr import TypeExpr, type_filter, type_names
 
 ALL_ENTITIES = f"GRAPH {iri(ns.ENTITIES_GRAPH)} {{ ?e {iri(ns.URBIS + 'document')} ?doc }}"
-
-
-@dataclass(frozen=True)
-class Selector:
-    """One EntitySelector of POST /entityOperations/query: all of its members must hold."""
-
-    ids: tuple[str, ...] = ()
-    id_pattern: str | None = None
-    types: TypeExpr | None = None
-
-    def sparql(self, var: str = "e") -> str:
-        parts = []
-        if self.ids:
-            parts.append(f"?{var} IN ({', '.join(iri(i) for i in self.ids)})")
-        if self.id_pattern is not None:
-            parts.append(f"REGEX(STR(?{var}), {string(self.id_pattern)})")
-        if self.types is not None:
-            parts.append(type_filter(self.types, var))
-        return "(" + (" && ".join(parts) or "true") + ")"
+Selector = EntitySelector  # the name api.params builds POST queries' EntitySelectors by
 
 
 @dataclass
@@ -53,7 +36,7 @@ class EntityQuery:
     q: QExpr | None = None
     geo: GeoQuery | None = None
     scope: str | None = None
-    selectors: list[Selector] | None = None  # alternatives, for several EntitySelectors
+    selectors: list[EntitySelector] | None = None  # alternatives: several EntitySelectors
     limit: int = 20
     offset: int = 0
     count: bool = False
@@ -114,7 +97,7 @@ def plan(query: EntityQuery, geo_hits: set[str] | None = None) -> Plan:
     if query.q is not None:
         _plan_q(query.q, result)
     if query.id_pattern is not None:
-        result.filters.append(f"REGEX(STR(?e), {string(query.id_pattern)})")
+        result.filters.append(id_pattern_filter(query.id_pattern))
     if query.scope:
         result.filters.append(scope_filter(query.scope))
     if query.selectors:

@@ -2,12 +2,14 @@
 
 `;` joins conditions that must all hold and `,` offers alternatives, with brackets. Scopes are
 plain `ngsi-ld:scope` literals in the researchers' view, so a scope query is an exact SPARQL
-filter of regular expressions.
+filter of regular expressions (`scope_filter`); `ScopeQuery` evaluates the same expressions on
+a document's scopes.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 
 from urbis.ontology import ns
 from urbis.twin.errors import BadRequestData
@@ -54,3 +56,38 @@ def scope_filter(text: str, var: str = "e") -> str:
         any_ops=",",
         what="scopeQ",
     )
+
+
+ScopeTest = Callable[[Sequence[str]], bool]
+
+
+class ScopeQuery:
+    """A parsed scopeQ; `matches(scopes)` says whether an entity with these scopes is selected.
+
+    Each pattern is the regular expression `scope_regex` gives the store: anchored, with no
+    nested repetition, so Python's engine runs it in linear time.
+    """
+
+    __slots__ = ("_test", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._test: ScopeTest = parse_boolean(
+            text,
+            atom=_scope_test,
+            all_of=lambda tests: lambda scopes: all(t(scopes) for t in tests),
+            any_of=lambda tests: lambda scopes: any(t(scopes) for t in tests),
+            any_ops=",",
+            what="scopeQ",
+        )
+
+    def matches(self, scopes: Sequence[str]) -> bool:
+        return self._test(scopes)
+
+    def __repr__(self) -> str:
+        return f"ScopeQuery({self.text!r})"
+
+
+def _scope_test(pattern: str) -> ScopeTest:
+    regex = re.compile(scope_regex(pattern))
+    return lambda scopes: any(regex.search(s) for s in scopes)

@@ -1,11 +1,12 @@
 """Entity type selection (clause 4.17): `A,B` and `A|B` mean either, `A;B` both, with brackets.
 
-Parsed into a small tree and translated to SPARQL over the `rdf:type` triples.
+Parsed into a small tree, translated to SPARQL over the `rdf:type` triples (`type_filter`) and
+evaluated on a document's types (`type_matches`) with the same meaning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from urbis.twin.query.boolexpr import parse_boolean
@@ -76,3 +77,19 @@ def type_filter(expr: TypeExpr, var: str = "e") -> str:
         return f"EXISTS {{ ?{var} a {iri(expr.iri)} }}"
     joiner = " && " if isinstance(expr, TypeAll) else " || "
     return "(" + joiner.join(type_filter(i, var) for i in expr.items) + ")"
+
+
+def type_matches(expr: TypeExpr, types: Collection[str]) -> bool:
+    """Whether an entity with these types (expanded IRIs) satisfies the selection."""
+    if isinstance(expr, TypeName):
+        return expr.iri in types
+    if isinstance(expr, TypeAll):
+        return all(type_matches(i, types) for i in expr.items)
+    return any(type_matches(i, types) for i in expr.items)
+
+
+def type_iris(expr: TypeExpr) -> frozenset[str]:
+    """Every type the selection names, whatever the operators between them."""
+    if isinstance(expr, TypeName):
+        return frozenset([expr.iri])
+    return frozenset().union(*(type_iris(i) for i in expr.items))
