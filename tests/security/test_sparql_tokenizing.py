@@ -68,7 +68,7 @@ def _assert_answered(response: Any) -> None:
 def test_the_reproducer_is_answered_promptly(anonymous: TestClient) -> None:
     started = time.monotonic()
     response = _post(anonymous, REPRODUCER)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10
     assert response.status_code == 200
     assert response.json()["results"]["bindings"] == []
 
@@ -87,7 +87,7 @@ def test_post_sparql_at_the_length_limit_is_prompt(anonymous: TestClient, unit: 
     query = _query(unit, LIMIT)
     started = time.monotonic()
     response = _post(anonymous, query)
-    assert time.monotonic() - started < 2  # the quadratic tokenizer took over a minute
+    assert time.monotonic() - started < 10  # the quadratic tokenizer took over a minute
     _assert_answered(response)
 
 
@@ -192,7 +192,7 @@ def test_a_hostile_link_header_from_a_source_is_refused_promptly() -> None:
         started = time.monotonic()
         with pytest.raises(ValueError, match="Link header"):
             _pull(base)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10
 
 
 def test_a_long_valid_link_header_gives_the_context_promptly() -> None:
@@ -200,5 +200,5 @@ def test_a_long_valid_link_header_gives_the_context_promptly() -> None:
     with _broker(link) as base:
         started = time.monotonic()
         records = _pull(base)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10
         assert [r.context for r in records] == [CONTEXT]
