@@ -130,17 +130,15 @@ def _run(
     """Spatial filters answered by the tenant's index, then the guarded query, over the graphs
     the caller may see."""
     assert operation.text is not None
+    # The index holds every graph's geometries; a rewrite only ever joins its literals with a
+    # triple pattern of the same group, which the dataset below keeps to the visible graphs.
+    text, functions = geosparql.prepare(operation.text, service.index)
     default = operation.default_graphs or None
     named = operation.named_graphs or None
-    if visible is None:
-        text, functions = geosparql.prepare(operation.text, service.index)
-    else:
+    if visible is not None:
         default, named = visible_dataset(
             operation.text, operation.default_graphs, operation.named_graphs, visible
         )
-        # The index holds every graph's geometries, and a rewrite puts the matching literals
-        # into the query: the engine evaluates the filters on what the caller may see instead.
-        text, functions = operation.text, dict(geosparql.FUNCTIONS)
     settings = state.settings
     return service.store.sparql(
         text,
