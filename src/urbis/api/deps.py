@@ -95,7 +95,8 @@ StateDep = Annotated[AppState, Depends(app_state)]
 
 
 async def access_gate(request: Request, state: StateDep) -> Caller:
-    """Reads are public; writes need the admin bearer token unless the server runs open."""
+    """Reads are public; writes need the admin bearer token unless the server runs open. The
+    Caller it builds is who the access port (twin/access.py) decides each read for."""
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else None
     if token and not well_formed_token(token):
