@@ -152,12 +152,12 @@ def state_of(app: FastAPI) -> AppState:
     return state
 
 
-def store_entity(app: FastAPI, raw: Doc, graph: str) -> None:
+def store_entity(app: FastAPI, raw: Doc, graph: str, tenant: str = "") -> None:
     """Write an entity into a dataset graph through the tenant's entity service (its one write
     path, listeners included): the API writes into the default dataset only."""
     state = state_of(app)
     doc = state.reader(state.resolver.resolve(None)).entity(dict(raw))
-    state.twin.tenant("").create(doc, graph)
+    state.twin.tenant(tenant, create=True).create(doc, graph)
 
 
 def load_city(admin: TestClient) -> None:

@@ -7,6 +7,7 @@ for the restricted caller, and that the exempt admin still sees everything.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,15 @@ from tests.security.access_policy import (
     DenyingPolicy,
     city_app,
     load_city,
+    store_entity,
 )
 from urbis.api.app import create_app
 from urbis.api.deps import is_write
 from urbis.api.settings import Settings
+from urbis.testing.sparql_servers import Engine, oxigraph_engine, virtuoso_engine
 from urbis.twin.errors import ERROR_BASE
+
+__all__ = ["oxigraph_engine", "virtuoso_engine"]  # session fixtures: the real engines
 
 QUERY = "/ngsi-ld/v1/entityOperations/query"
 ALL_TYPES = "WasteBin,Bench,SecretCamera"
@@ -249,8 +254,11 @@ def test_discovery_of_a_graph_only_policy_uses_the_stored_aggregates() -> None:
 # -- SPARQL -----------------------------------------------------------------------------------
 
 
-def select(client: TestClient, query: str, **params: str) -> list[dict[str, Any]]:
-    answer = client.get("/sparql", params={"query": query, **params}, headers=SPARQL_JSON)
+def select(
+    client: TestClient, query: str, headers: dict[str, str] | None = None, **params: str
+) -> list[dict[str, Any]]:
+    headers = {**SPARQL_JSON, **(headers or {})}
+    answer = client.get("/sparql", params={"query": query, **params}, headers=headers)
     assert answer.status_code == 200, answer.text
     rows: list[dict[str, Any]] = answer.json()["results"]["bindings"]
     return rows
@@ -370,6 +378,33 @@ def test_sparql_description_names_no_hidden_graph(admin: TestClient, anonymous: 
 def test_sparql_update_stays_admin_only(anonymous: TestClient) -> None:
     update = f"INSERT DATA {{ GRAPH <{PUBLIC}> {{ <urn:x:s> <urn:x:p> <urn:x:o> }} }}"
     assert anonymous.post("/sparql/update", data={"update": update}).status_code == 401
+
+
+@pytest.fixture(params=["oxigraph-server", "virtuoso"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    name = "oxigraph_engine" if request.param == "oxigraph-server" else "virtuoso_engine"
+    found: Engine = request.getfixturevalue(name)
+    return found
+
+
+def test_sparql_narrowing_holds_on_remote_engines(engine: Engine) -> None:
+    """URBIS_STORE=sparql: the narrowed dataset goes to the engine as the protocol's graphs."""
+    tenant = {"NGSILD-Tenant": "access" + uuid.uuid4().hex[:10]}
+    settings = Settings(admin_token=TOKEN, demo=False, **engine.settings())  # type: ignore[arg-type]
+    with city_app(CityPolicy(), settings, load=False) as (admin, anonymous):
+        assert admin.post(ENTITIES, json=BIN_1, headers=tenant).status_code == 201
+        for raw, graph in ((BENCH, PUBLIC), (CAMERA, SECRET), (BIN_SECRET, SECRET)):
+            store_entity(admin.app, raw, graph, tenant["NGSILD-Tenant"])  # type: ignore[arg-type]
+        for query in SECRET_QUERIES:
+            assert select(anonymous, query, tenant) == [], query
+            if not query.startswith("BASE"):  # the remote rewrite does not resolve BASE
+                assert select(admin, query, tenant) != [], query
+        seen = values(select(anonymous, "SELECT * WHERE { GRAPH ?g { ?s ?p ?o } }", tenant))
+        assert BENCH["id"] in seen and PUBLIC in seen
+        assert not seen & {CAMERA["id"], BIN_SECRET["id"], BIN_1["id"], SECRET}
+        # Nothing readable asked for, in the default tenant: an empty answer, not a refusal of
+        # the engine's reserved graph names.
+        assert select(anonymous, f"SELECT * FROM <{SECRET}> WHERE {{ ?s ?p ?o }}") == []
 
 
 # -- datasets ---------------------------------------------------------------------------------

@@ -6,15 +6,18 @@ not at all (the union of the tenant's graphs, every named graph). For a caller t
 port restricts, whichever applies is intersected with the graphs it may read as stored, and
 both lists always go to the store, so no `FROM`, `FROM NAMED`, `GRAPH <g>` or `GRAPH ?g` can
 reach another graph. An empty list would mean "everything" to the engines: it becomes a graph
-that never holds anything.
+named afresh for each query, which nothing can have written to.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from urllib.parse import urljoin
 
-from urbis.twin.store.sparql_text import NO_GRAPH, tokens
+from urbis.twin.store.sparql_text import tokens
+
+NO_GRAPH_PREFIX = "urn:urbis:graph:none:"
 
 
 def query_dataset(text: str) -> tuple[list[str], list[str]] | None:
@@ -76,4 +79,10 @@ def visible_dataset(
 
 
 def _within(graphs: Sequence[str], visible: frozenset[str]) -> list[str]:
-    return list(dict.fromkeys(g for g in graphs if g in visible)) or [NO_GRAPH]
+    return list(dict.fromkeys(g for g in graphs if g in visible)) or [no_graph()]
+
+
+def no_graph() -> str:
+    """A graph that holds nothing: not the remote store's reserved name, which the default
+    tenant may not use, and not one an update could have filled beforehand."""
+    return NO_GRAPH_PREFIX + uuid.uuid4().hex
