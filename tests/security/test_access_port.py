@@ -42,6 +42,7 @@ from tests.security.access_policy import (
 from urbis.api.app import create_app
 from urbis.api.deps import is_write
 from urbis.api.settings import Settings
+from urbis.sparql.dataset import query_dataset, visible_dataset
 from urbis.testing.sparql_servers import Engine, oxigraph_engine, virtuoso_engine
 from urbis.twin.errors import ERROR_BASE
 
@@ -378,6 +379,22 @@ def test_sparql_description_names_no_hidden_graph(admin: TestClient, anonymous: 
 def test_sparql_update_stays_admin_only(anonymous: TestClient) -> None:
     update = f"INSERT DATA {{ GRAPH <{PUBLIC}> {{ <urn:x:s> <urn:x:p> <urn:x:o> }} }}"
     assert anonymous.post("/sparql/update", data={"update": update}).status_code == 401
+
+
+def test_the_dataset_clause_is_read_like_the_engine_reads_it() -> None:
+    assert query_dataset("SELECT * WHERE { ?s ?p ?o }") is None
+    tricky = (
+        "PREFIX d: <urn:urbis:dataset:> # FROM <urn:x:commented>\n"
+        "SELECT * FROM d:public FROM NAMED <urn:urbis:dataset:secret> FROM unknown:x "
+        'WHERE { ?s ?p "FROM <urn:x:in-a-string>" }'
+    )
+    assert query_dataset(tricky) == ([PUBLIC, "unknown:x"], [SECRET])
+    visible = frozenset({PUBLIC})
+    default, named = visible_dataset(tricky, [], [], visible)
+    assert default == [PUBLIC] and len(named) == 1 and named[0] not in (SECRET, PUBLIC)
+    # The protocol's dataset replaces the query's; a side it leaves out is everything visible.
+    assert visible_dataset(tricky, [SECRET], [], visible)[1] == [PUBLIC]
+    assert visible_dataset("ASK {}", [], [], visible) == ([PUBLIC], [PUBLIC])
 
 
 @pytest.fixture(params=["oxigraph-server", "virtuoso"])
