@@ -29,6 +29,7 @@ from urbis.api.routes import (
 )
 from urbis.api.settings import Settings
 from urbis.ngsild.registrations import RegistrationStore
+from urbis.twin.access import ALLOW_ALL, AccessPolicy
 from urbis.twin.context import ContextRegistry, ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.iri import redact_client_logs
@@ -48,7 +49,7 @@ def build_backend(settings: Settings) -> StoreBackend:
     return OxigraphBackend(settings.data_dir)
 
 
-def build_state(settings: Settings) -> AppState:
+def build_state(settings: Settings, access: AccessPolicy | None = None) -> AppState:
     backend = build_backend(settings)
     registry = ContextRegistry(settings.data_dir / "contexts" if settings.data_dir else None)
     outbound = OutboundGuard.from_settings(settings)  # for every server-side fetch
@@ -74,12 +75,13 @@ def build_state(settings: Settings) -> AppState:
         resolver=resolver,
         registry=registry,
         admin_token=token,
-        notifier=subscriptions.build_notifier(settings, resolver, outbound),
+        notifier=subscriptions.build_notifier(settings, resolver, outbound, access),
         registrations=RegistrationStore(
             settings.data_dir / "registrations" if settings.data_dir else None
         ),
         alias=broker_alias(settings),
         outbound=outbound,
+        access=access or ALLOW_ALL,
     )
     state.sources = sources.build_manager(state)  # connectors (api/routes/sources.py)
     return state
@@ -94,9 +96,10 @@ def _open_tenants(state: AppState) -> None:
         log.info("tenant %r ready: %d geometries indexed", name or "(default)", len(service.index))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, access: AccessPolicy | None = None) -> FastAPI:
+    """`access` decides what each caller may read (twin/access.py); None: everyone reads all."""
     settings = settings or Settings()
-    state = build_state(settings)
+    state = build_state(settings, access)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -20,6 +20,8 @@ from urbis.connectors.live import LiveManager
 from urbis.connectors.sync import SyncManager
 from urbis.ngsild.registrations import RegistrationStore
 from urbis.ngsild.subscriptions import Notifier
+from urbis.twin.access import AccessPolicy, AllowAll, Caller
+from urbis.twin.caller_view import CallerView
 from urbis.twin.context import ContextRegistry, ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.entities import EntityService
@@ -72,6 +74,8 @@ class AppState:
     outbound: OutboundGuard = field(default_factory=OutboundGuard)
     sources: SyncManager | None = None  # connectors: definitions, syncs (connectors/sync.py)
     live: LiveManager | None = None  # live sources: MQTT, NGSI-LD (connectors/live.py)
+    # What each caller may read (twin/access.py): every read path asks it; allow-all by default.
+    access: AccessPolicy = field(default_factory=AllowAll)
 
     def reader(self, terms: Terms, *, now: str | None = None) -> EntityReader:
         """Reads request entities with this deployment's checks (service area)."""
@@ -90,16 +94,9 @@ async def app_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(app_state)]
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the sovereignty layer will replace this with a party and its policies."""
-
-    admin: bool
-    anonymous: bool
-
-
 async def access_gate(request: Request, state: StateDep) -> Caller:
-    """Reads are public; writes need the admin bearer token unless the server runs open."""
+    """Reads are public; writes need the admin bearer token unless the server runs open. The
+    Caller it builds is who the access port (twin/access.py) decides each read for."""
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else None
     if token and not well_formed_token(token):
@@ -157,6 +154,16 @@ async def tenant_service(request: Request, state: StateDep, _: CallerDep) -> Ent
 
 
 ServiceDep = Annotated[EntityService, Depends(tenant_service)]
+
+
+async def caller_view(
+    request: Request, state: StateDep, service: ServiceDep, caller: CallerDep
+) -> CallerView:
+    """The tenant as this caller may read it: every route that reads entity data reads here."""
+    return CallerView.of(service, state.access, caller, tenant_name(request))
+
+
+ViewDep = Annotated[CallerView, Depends(caller_view)]
 
 
 @dataclass

@@ -29,7 +29,7 @@ from urbis.api.http import CONTEXT_REL
 from urbis.api.settings import Settings
 from urbis.ngsild.merge import EntityMerger
 from urbis.ngsild.registrations import Registration, RegistrationStore
-from urbis.twin.entities import EntityService
+from urbis.twin.caller_view import CallerView
 from urbis.twin.errors import NgsiLdError, ResourceNotFound, TooManyResults
 from urbis.twin.model import EntityReader
 from urbis.twin.outbound import fetch_failed, guarded_async_client
@@ -138,13 +138,14 @@ async def federated_query(
     state: AppState,
     ctx: LdContext,
     query: EntityQuery,
-    service: EntityService,
+    view: CallerView,
 ) -> FederatedResult:
-    """GET /entities over the local twin and every matching registered source."""
+    """GET /entities over the local twin and every matching registered source, each part as
+    the caller may see it (the access port) before the parts are merged."""
     tenant = tenant_name(request)
     regs = [] if local_only(request) else _matching(state.registrations, tenant, query)
     if not regs:
-        result = await run_in_threadpool(service.query, query)
+        result = await run_in_threadpool(view.query, query)
         return FederatedResult(result.documents, result.total)
     window = query.offset + query.limit
     if window > state.settings.federation_max_window:
@@ -154,11 +155,13 @@ async def federated_query(
         )
     warnings: list[str] = []
     forward = [r for r in regs if _may_forward(request, state, tenant, r, warnings)]
-    local_task = run_in_threadpool(service.query, replace(query, offset=0, limit=window))
+    local_task = run_in_threadpool(view.query, replace(query, offset=0, limit=window))
     remote_tasks = asyncio.gather(
         *(_query_source(request, state, ctx, query, window, reg) for reg in forward)
     )
     local, remote = await asyncio.gather(local_task, remote_tasks)
+    if not view.unrestricted:
+        await run_in_threadpool(_as_seen, view, remote, query, window)
     merger = EntityMerger()
     withdrawn = 0
     local_docs = []
@@ -179,6 +182,25 @@ async def federated_query(
     if query.count:
         total = _count(local.total, remote, window, len(merged), added, withdrawn)
     return FederatedResult(merged[query.offset : window], total, warnings)
+
+
+def _as_seen(
+    view: CallerView, answers: Sequence[_SourceAnswer], query: EntityQuery, window: int
+) -> None:
+    """Sources' entities as the caller may see them, re-matched after the policy changed them.
+    A source's count is kept only where its whole answer was seen; beyond the window the
+    hidden entities cannot be told apart, so such a count is refused rather than guessed."""
+    for answer in answers:
+        before = len(answer.documents)
+        answer.documents = view.remote(answer.documents, query)
+        if answer.total is not None and answer.total <= window:
+            answer.total = len(answer.documents)
+        elif query.count and len(answer.documents) < before:
+            raise TooManyResults(
+                f"this count would include entities of {answer.registration.agent} that the "
+                f"access policy hides: ask without count, or narrow the query to {window} "
+                "entities per source"
+            )
 
 
 def _matching(store: RegistrationStore, tenant: str, query: EntityQuery) -> list[Registration]:
@@ -322,7 +344,7 @@ async def federated_retrieve(
     state: AppState,
     ctx: LdContext,
     entity_id: str,
-    service: EntityService,
+    view: CallerView,
     *,
     types: TypeExpr | None,
     attrs: set[str] | None,
@@ -340,7 +362,7 @@ async def federated_retrieve(
         )
     )
     if not regs:
-        return service.get(entity_id), []
+        return await _local(view, entity_id), []
     warnings: list[str] = []
     forward = [r for r in regs if _may_forward(request, state, tenant, r, warnings)]
     tasks = [
@@ -348,10 +370,13 @@ async def federated_retrieve(
         for reg in forward
     ]
     try:
-        local: Doc | None = service.get(entity_id)
+        local: Doc | None = await _local(view, entity_id)
     except ResourceNotFound:
         local = None
     answers: list[_SourceAnswer] = list(await asyncio.gather(*tasks))
+    if not view.unrestricted:
+        for answer in answers:  # as the caller may see them
+            answer.documents = await run_in_threadpool(view.remote, answer.documents)
     merger = EntityMerger()
     if local is not None:
         kept = _withdraw(local, regs)
@@ -362,6 +387,13 @@ async def federated_retrieve(
         warnings.extend(answer.warnings)
     merged = merger.documents()
     return (merged[0] if merged else None), warnings
+
+
+async def _local(view: CallerView, entity_id: str) -> Doc:
+    """One key lookup runs here, cheaper than a worker-thread hop; a policy's decision may not."""
+    if view.unrestricted:
+        return view.get(entity_id)
+    return await run_in_threadpool(view.get, entity_id)
 
 
 async def _retrieve_source(

@@ -528,7 +528,10 @@ def _ngsi(schema: Schema, *, geo: bool = False, count: bool = False) -> Schema:
 PROBLEMS = {
     400: "BadRequestData or InvalidRequest: the detail says what to fix",
     401: "Authentication required: 'Authorization: Bearer <admin token>'",
-    403: "TooManyResults, TooComplexQuery or Forbidden (a SPARQL Update not allowed)",
+    403: (
+        "TooManyResults, TooComplexQuery or Forbidden (a SPARQL Update not allowed, or the "
+        "access policy's refusal, with its reason)"
+    ),
     404: "ResourceNotFound or NonexistentTenant",
     406: "NotAcceptable: no offered media type matches Accept",
     409: "AlreadyExists, or a sync already running",
@@ -564,7 +567,8 @@ _PUBLIC: list[Schema] = [{}, {"bearerAuth": []}]
 _ADMIN: list[Schema] = [{"bearerAuth": []}]
 
 # What each kind of operation can answer besides its own codes.
-READ = {400, 404}  # bad tenant or parameter; nonexistent tenant or resource
+# Bad tenant or parameter; the access policy's refusal; nonexistent tenant or resource.
+READ = {400, 403, 404}
 WRITE = {400, 401, 404}
 BODY = {400, 413, 415, 503}  # size, media type, a body @context that cannot be loaded
 CONTEXT = {400, 503}  # the Link header's @context
@@ -1019,7 +1023,7 @@ def operations(settings: Settings) -> dict[tuple[str, str], Schema]:
             "dumpDataset",
             "One dataset as N-Quads or TriG (admin)",
             {200: _ok("The dump", None, *(media for _, media, _ in FORMATS.values()))},
-            {400, 401, 404, 406},
+            {400, 401, 403, 404, 406},
             params=[_path("name", "Dataset name")],
             admin=True,
         ),

@@ -6,6 +6,10 @@ documents, metadata) or of one dataset graph. Quads are read from the store lazi
 in chunks, so memory stays flat whatever the size of the twin. Restoring a whole-tenant export
 into an empty twin gives back the same entities: the spatial index is rebuilt from the
 `geo:asWKT` triples when the tenant opens.
+
+The operator reads through the access port too (twin/access.py, `OPERATOR`): with the default
+policy that is everything; a policy that keeps graphs from the operator keeps them out of the
+export as well.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pyoxigraph import Quad, RdfFormat, parse
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from urbis.twin.access import ALLOW_ALL, OPERATOR, AccessPolicy, ReadScope
 from urbis.twin.dumps import CHUNK_QUADS, FORMATS, serialized
 from urbis.twin.rdf import dataset_graph
 from urbis.twin.store.base import DEFAULT_TENANT, StoreBackend, TenantStore, check_tenant
@@ -111,19 +116,37 @@ def _output(path: Path | None) -> Iterator[IO[bytes]]:
         partial.unlink(missing_ok=True)
 
 
+def exported_graphs(
+    store: TenantStore, tenant: str, graph: str | None, access: AccessPolicy = ALLOW_ALL
+) -> list[str | None]:
+    """What the operator may export of a tenant, asked of the access port: [None] for every
+    quad (one pass over the store), else the graphs, each dumped on its own."""
+    raw = ReadScope.decide(access, OPERATOR, tenant).raw
+    if raw is None:
+        return [graph]
+    wanted = [graph] if graph is not None else store.graphs()
+    return [g for g in wanted if g is not None and g in raw]
+
+
 def _write_tenant(
-    store: TenantStore, out: IO[bytes], rdf_format: RdfFormat, graph: str | None, label: str
+    store: TenantStore,
+    out: IO[bytes],
+    rdf_format: RdfFormat,
+    graphs: list[str | None],
+    label: str,
 ) -> int:
     written = 0
     with _progress() as progress:
-        task = progress.add_task(label, total=quad_count(store, graph) or None)
+        total = sum(quad_count(store, g) for g in graphs)
+        task = progress.add_task(label, total=total or None)
 
         def advance(n: int) -> None:
             nonlocal written
             written += n
             progress.advance(task, n)
 
-        for data in serialized(store.dump(graph), rdf_format, on_chunk=advance):
+        quads = (quad for g in graphs for quad in store.dump(g))
+        for data in serialized(quads, rdf_format, on_chunk=advance):
             out.write(data)
     return written
 
@@ -167,7 +190,8 @@ def export(
                 target = output / ((name or DEFAULT_TENANT_FILE) + FORMATS[fmt][2])
             with _output(target) as out:
                 label = f"tenant {name or '(default)'}" + (f" dataset {dataset}" if dataset else "")
-                written = _write_tenant(store, out, FORMATS[fmt][0], graph, label)
+                graphs = exported_graphs(store, name, graph)
+                written = _write_tenant(store, out, FORMATS[fmt][0], graphs, label)
             typer.secho(f"exported {written} quads of {label}", err=True)
     finally:
         backend.close()

@@ -8,10 +8,12 @@ Three parts, each with one job:
 * `SubscriptionStore`: subscriptions per tenant, kept in memory and, with a data directory, in
   one JSON file per tenant written atomically, so they survive a restart;
 * `Notifier`: an `EntityService` listener only queues the committed change (bounded queue, never
-  blocking a write); one background thread matches it against the tenant's subscriptions and
-  POSTs Notification bodies (clause 5.3.1) with httpx, recording timesSent, lastNotification,
-  lastSuccess and lastFailure. Changes that arrive together go out as one notification per
-  subscription, the latest state of each entity only; throttled ones wait, they are not dropped.
+  blocking a write); one background thread shows each changed entity to each subscription as
+  its owner (who created it) may see it (the access port, twin/access.py), matches that
+  against the subscription and POSTs Notification bodies (clause 5.3.1) with httpx, recording
+  timesSent, lastNotification, lastSuccess and lastFailure. Changes that arrive together go
+  out as one notification per subscription, the latest state of each entity only; throttled
+  ones wait, they are not dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import httpx
 import orjson
 
+from urbis.twin.access import ALLOW_ALL, AccessPolicy, Caller, ReadScope
 from urbis.twin.entities import EntityService
 from urbis.twin.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from urbis.twin.geo import parse_geoq
@@ -48,7 +51,7 @@ from urbis.twin.terms import Terms
 
 log = logging.getLogger("urbis")
 Doc = dict[str, Any]
-Change = tuple[Doc | None, Doc | None]
+Change = tuple[Doc | None, Doc | None, str]  # old, new (None: absent), dataset graph
 
 JSON = "application/json"
 JSONLD = "application/ld+json"
@@ -102,6 +105,7 @@ NOTIFICATION_MEMBERS = frozenset(
     {"attributes", "sysAttrs", "format", "endpoint", "showChanges"} | NOTIFICATION_STATUS
 )
 ENDPOINT_MEMBERS = frozenset({"uri", "accept", "receiverInfo", "notifierInfo", "timeout"})
+SUBSCRIPTION_ADMIN = Caller(admin=True, anonymous=False)
 
 
 # -- the model ------------------------------------------------------------------------------
@@ -418,6 +422,9 @@ class Subscription:
     created_at: str
     modified_at: str
     delivery: Delivery = field(default_factory=Delivery)
+    # Who created it: notifications show entities as this caller may read them. Subscriptions
+    # stored before owners were kept were all made with the admin token.
+    owner: Caller = field(default_factory=lambda: SUBSCRIPTION_ADMIN)
 
     @property
     def id(self) -> str:
@@ -449,6 +456,7 @@ class Subscription:
             "createdAt": self.created_at,
             "modifiedAt": self.modified_at,
             "delivery": self.delivery.members(),
+            "owner": self.owner.to_json(),
         }
 
     @classmethod
@@ -459,6 +467,7 @@ class Subscription:
             created_at=raw["createdAt"],
             modified_at=raw["modifiedAt"],
             delivery=Delivery.from_members(raw.get("delivery", {})),
+            owner=Caller.from_json(raw["owner"]) if "owner" in raw else SUBSCRIPTION_ADMIN,
         )
 
 
@@ -591,8 +600,10 @@ class Notifier:
         max_q_length: int = 4096,
         transport: httpx.BaseTransport | None = None,
         guard: OutboundGuard | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.store = store
+        self.access = access or ALLOW_ALL  # what each subscription's owner may read
         self.resolve = resolve
         self.timeout = timeout
         self.max_entities = max_entities
@@ -720,13 +731,24 @@ class Notifier:
 
     def _collect(self, batch: list[tuple[str, Sequence[Change]]]) -> None:
         now = datetime.now(UTC)
+        scopes: dict[tuple[str, Caller], ReadScope | None] = {}
         for tenant, changes in batch:
             subs = [s for s in self.store.all(tenant) if s.status(now) == "active"]
             for sub in subs:
                 wanted = self._filter(tenant, sub)
                 if wanted is None:
                     continue
-                for old, new in changes:
+                if (tenant, sub.owner) not in scopes:
+                    scopes[(tenant, sub.owner)] = self._scope(tenant, sub)
+                scope = scopes[(tenant, sub.owner)]
+                if scope is None:
+                    continue
+                for stored_old, stored_new, graph in changes:
+                    # Matched and sent as the owner sees the entity: never what it may not read.
+                    old = scope.seen(stored_old, graph) if stored_old is not None else None
+                    new = scope.seen(stored_new, graph) if stored_new is not None else None
+                    if (stored_new is not None and new is None) or (old is None and new is None):
+                        continue
                     if not wanted.wants(old, new):
                         continue
                     pending = self._pending.get(sub.id)
@@ -738,6 +760,13 @@ class Notifier:
                         pending.entities[new["id"]] = new
                     elif old is not None:
                         pending.entities[old["id"]] = old["type"][0]
+
+    def _scope(self, tenant: str, sub: Subscription) -> ReadScope | None:
+        try:
+            return ReadScope.decide(self.access, sub.owner, tenant)
+        except NgsiLdError as error:  # the policy refused the owner (AccessDenied)
+            log.warning("subscription %s not notified: %s", sub.id, error.detail)
+            return None
 
     def _filter(self, tenant: str, sub: Subscription) -> Filter | None:
         key = (tenant, sub.id)

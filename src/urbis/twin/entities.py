@@ -37,6 +37,7 @@ from urbis.twin.store.base import TenantStore
 log = logging.getLogger("urbis")
 Doc = dict[str, Any]
 VALUE_MEMBERS = frozenset(VALUE_MEMBER.values())
+Change = tuple[Doc | None, Doc | None, str]  # old and new document (None: absent), graph
 
 
 @dataclass
@@ -69,9 +70,9 @@ class EntityService:
         self.lock = threading.RLock()
         self.index = SpatialIndex()
         self.max_scan = max_scan
-        # Called with (old, new) document pairs after each committed write, under the write
-        # lock: a listener must only hand the change on (subscriptions' notifier), never block.
-        self.listeners: list[Callable[[Sequence[tuple[Doc | None, Doc | None]]], None]] = []
+        # Called with (old, new, graph) after each committed write, under the write lock: a
+        # listener must only hand the change on (subscriptions' notifier), never block.
+        self.listeners: list[Callable[[Sequence[Change]], None]] = []
         self._load_index()
 
     # -- reads ------------------------------------------------------------------------------
@@ -181,9 +182,9 @@ class EntityService:
             item for _, new, _ in changes if new is not None for item in _geo_values(new)
         )
         if self.listeners:
-            self._tell_listeners([(old, new) for old, new, _ in changes])
+            self._tell_listeners(changes)
 
-    def _tell_listeners(self, changed: Sequence[tuple[Doc | None, Doc | None]]) -> None:
+    def _tell_listeners(self, changed: Sequence[Change]) -> None:
         for listener in list(self.listeners):
             try:
                 listener(changed)
@@ -459,6 +460,6 @@ def _geo_keys(doc: Doc) -> Iterable[tuple[str, str, str]]:
 def _only_types(query: EntityQuery) -> bool:
     """A geo-query whose only other condition is a plain list of types."""
     others = (query.ids, query.id_pattern, query.attrs, query.q, query.scope, query.selectors)
-    if any(x for x in others):
+    if any(x for x in others) or query.graphs is not None:
         return False
     return query.types is None or type_names(query.types) is not None

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from urbis.api.deps import ServiceDep, StateDep, reads, resolve_context
+from urbis.api.deps import ServiceDep, StateDep, ViewDep, reads, resolve_context
 from urbis.api.http import (
     JSON,
     JSONLD,
@@ -220,7 +220,7 @@ async def batch_delete(request: Request, state: StateDep, service: ServiceDep) -
 @router.post("/query")
 @router.post("/query/", include_in_schema=False)
 @reads  # a query in a body is still a read: public like GET /entities (clause 5.7.2)
-async def post_query(request: Request, state: StateDep, service: ServiceDep) -> Response:
+async def post_query(request: Request, state: StateDep, view: ViewDep) -> Response:
     body, context = await entity_body(
         request, max_bytes=state.settings.max_body_bytes, max_depth=state.settings.max_json_depth
     )
@@ -246,7 +246,7 @@ async def post_query(request: Request, state: StateDep, service: ServiceDep) -> 
         "local": body.get("local"),
     }
     query = entity_query(source, ctx.terms, state.settings)
-    result = await run_in_threadpool(service.query, query)
+    result = await run_in_threadpool(view.query, query)  # as this caller may see it
     rendered = render_entities(result.documents, ctx, rep, kind, attrs=query.attrs)
     headers = {}
     if result.total is not None:

@@ -3,6 +3,10 @@
 `GET /datasets` lists the tenant's datasets with their entity counts; `GET /datasets/{name}/dump`
 streams one dataset graph as N-Quads or TriG, chosen by Accept. Dumps are admin-only until the
 data-sovereignty layer decides per policy who may download what.
+
+Both answer through the access port (twin/access.py): a caller sees only the datasets it may
+read, with the entities it may see counted, and downloads only datasets it may read as stored
+(a dataset whose documents the policy transforms is readable through the NGSI-LD API only).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from urbis.api.deps import AdminDep, ServiceDep
+from urbis.api.deps import AdminDep, ViewDep
 from urbis.api.http import accept
 from urbis.api.responses import json_response
 from urbis.ontology import ns
+from urbis.twin.access import AccessDenied
+from urbis.twin.caller_view import CallerView
 from urbis.twin.dumps import FORMATS, serialized
 from urbis.twin.errors import ResourceNotFound
+from urbis.twin.query.plan import EntityQuery
 from urbis.twin.rdf import dataset_graph
 from urbis.twin.store.base import TenantStore
 
@@ -44,9 +51,27 @@ def dataset_counts(store: TenantStore) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def visible_counts(view: CallerView) -> dict[str, int]:
+    """`dataset_counts` of what this caller may read: hidden datasets are left out, and a
+    dataset whose documents the policy decides on counts the entities the caller sees."""
+    counts = dataset_counts(view.service.store)
+    if view.unrestricted:
+        return counts
+    scope = view.scope
+    out = {}
+    for name, n in counts.items():
+        graph = dataset_graph(name)
+        if not scope.readable(graph):
+            continue
+        if not scope.is_raw(graph):
+            n = view.query(EntityQuery(graphs=frozenset({graph}), limit=0, count=True)).total or 0
+        out[name] = n
+    return out
+
+
 @router.get("/datasets")
-async def list_datasets(service: ServiceDep) -> Response:
-    counts = await run_in_threadpool(dataset_counts, service.store)
+async def list_datasets(view: ViewDep) -> Response:
+    counts = await run_in_threadpool(visible_counts, view)
     body: list[dict[str, Any]] = [
         {
             "name": name,
@@ -60,12 +85,18 @@ async def list_datasets(service: ServiceDep) -> Response:
 
 
 @router.get("/datasets/{name}/dump")
-async def dump_dataset(name: str, request: Request, service: ServiceDep, _: AdminDep) -> Response:
+async def dump_dataset(name: str, request: Request, view: ViewDep, _: AdminDep) -> Response:
     media = accept(request, _OFFERED)
     graph = dataset_graph(name)
+    service = view.service
     graphs = await run_in_threadpool(service.store.graphs)
-    if graph not in graphs:
+    if graph not in graphs or not view.scope.readable(graph):  # hidden: as if absent
         raise ResourceNotFound(f"dataset {name!r} not found; GET /datasets lists the datasets")
+    if not view.scope.is_raw(graph):
+        raise AccessDenied(
+            f"dataset {name!r} is readable through the NGSI-LD API only: the access policy "
+            "decides on each of its entities for this caller"
+        )
     rdf_format, suffix = _MEDIA[media]
     # A sync iterator: Starlette pulls it in a worker thread, chunk by chunk.
     chunks = serialized(service.store.dump(graph), rdf_format)

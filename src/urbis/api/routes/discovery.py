@@ -1,4 +1,4 @@
-"""Type and attribute discovery (clauses 5.7.5-5.7.8, 6.25-6.28)."""
+"""Type and attribute discovery (clauses 5.7.5-5.7.8, 6.25-6.28), as the caller may see it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from urbis.api.deps import ContextDep, LdContext, ServiceDep
+from urbis.api.deps import ContextDep, LdContext, ViewDep
 from urbis.api.http import JSON, accept
 from urbis.api.params import boolean
 from urbis.api.render import entity_response
@@ -35,8 +35,8 @@ def _respond(body: Any, request: Request, ctx: LdContext) -> Response:
 
 @router.get("/types")
 @router.get("/types/", include_in_schema=False)
-def list_types(request: Request, service: ServiceDep, ctx: ContextDep) -> Response:
-    found = discovery.types(service)
+def list_types(request: Request, view: ViewDep, ctx: ContextDep) -> Response:
+    found = discovery.types(view)
     c = ctx.terms.compact
     if boolean(request.query_params, "details"):
         body: Any = [
@@ -59,9 +59,9 @@ def list_types(request: Request, service: ServiceDep, ctx: ContextDep) -> Respon
 
 
 @router.get("/types/{type_name:path}")
-def type_info(type_name: str, request: Request, service: ServiceDep, ctx: ContextDep) -> Response:
+def type_info(type_name: str, request: Request, view: ViewDep, ctx: ContextDep) -> Response:
     expanded = ctx.terms.expand(type_name)
-    found = discovery.types(service, only=expanded).get(expanded)
+    found = discovery.types(view, only=expanded).get(expanded)
     if found is None:
         raise ResourceNotFound(f"no entity of type {type_name!r}")
     c = ctx.terms.compact
@@ -95,8 +95,8 @@ def _attribute(info: discovery.AttributeInfo, ctx: LdContext, *, full: bool) -> 
 
 @router.get("/attributes")
 @router.get("/attributes/", include_in_schema=False)
-def list_attributes(request: Request, service: ServiceDep, ctx: ContextDep) -> Response:
-    found = discovery.attributes(service)
+def list_attributes(request: Request, view: ViewDep, ctx: ContextDep) -> Response:
+    found = discovery.attributes(view)
     if boolean(request.query_params, "details"):
         body: Any = [_attribute(a, ctx, full=False) for a in found.values()]
     else:
@@ -110,9 +110,9 @@ def list_attributes(request: Request, service: ServiceDep, ctx: ContextDep) -> R
 
 
 @router.get("/attributes/{attr:path}")
-def attribute_info(attr: str, request: Request, service: ServiceDep, ctx: ContextDep) -> Response:
+def attribute_info(attr: str, request: Request, view: ViewDep, ctx: ContextDep) -> Response:
     expanded = ctx.terms.expand(attr)
-    found = discovery.attributes(service, only=expanded).get(expanded)
+    found = discovery.attributes(view, only=expanded).get(expanded)
     if found is None:
         raise ResourceNotFound(f"no attribute {attr!r}")
     return _respond(_attribute(found, ctx, full=True), request, ctx)

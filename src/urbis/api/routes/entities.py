@@ -8,7 +8,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from urbis.api.deps import ContextDep, LdContext, ServiceDep, StateDep, resolve_context_async
+from urbis.api.deps import (
+    ContextDep,
+    LdContext,
+    ServiceDep,
+    StateDep,
+    ViewDep,
+    resolve_context_async,
+)
 from urbis.api.errors import problem_response
 from urbis.api.federation import WARNING_HEADER, federated_query, federated_retrieve
 from urbis.api.http import GEOJSON, accept, entity_body
@@ -74,14 +81,14 @@ async def create_entity(request: Request, state: StateDep, service: ServiceDep) 
 @router.get("/entities")
 @router.get("/entities/", include_in_schema=False)
 async def query_entities(
-    request: Request, state: StateDep, service: ServiceDep, ctx: ContextDep
+    request: Request, state: StateDep, view: ViewDep, ctx: ContextDep
 ) -> Response:
     params = request.query_params
     kind = accept(request)
     rep = representation(params)
     source = query_source(params, state.settings)
     query = entity_query(source, ctx.terms, state.settings)
-    result = await federated_query(request, state, ctx, query, service)  # local + sources
+    result = await federated_query(request, state, ctx, query, view)  # local + sources
     body = render_entities(
         result.documents,
         ctx,
@@ -129,7 +136,7 @@ def _no_attr_get(entity_id: str, attr: str) -> Response:
 
 @router.get("/entities/{entity_id:path}")
 async def retrieve_entity(  # async: one key lookup, cheaper than a worker-thread hop
-    entity_id: str, request: Request, state: StateDep, service: ServiceDep, ctx: ContextDep
+    entity_id: str, request: Request, state: StateDep, view: ViewDep, ctx: ContextDep
 ) -> Response:
     check_uri(entity_id, "entity id")
     params = request.query_params
@@ -138,7 +145,7 @@ async def retrieve_entity(  # async: one key lookup, cheaper than a worker-threa
     types = parse_types(params["type"], ctx.terms.expand) if params.get("type") else None
     attrs = expanded_names(params, "attrs", ctx.terms)
     found, warnings = await federated_retrieve(
-        request, state, ctx, entity_id, service, types=types, attrs=attrs
+        request, state, ctx, entity_id, view, types=types, attrs=attrs
     )
     if found is None:
         error = ResourceNotFound(f"entity {entity_id!r} not found")

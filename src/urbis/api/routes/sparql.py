@@ -1,6 +1,7 @@
 """SPARQL 1.1 Protocol endpoint for researchers: `/sparql` (queries) and `/sparql/update`.
 
-Queries are public reads through the access gate; updates need the admin token. Every answer,
+Queries are public reads through the access gate, over the graphs the access port lets the
+caller read as stored (sparql/dataset.py); updates need the admin token. Every answer,
 error included, carries CORS headers so that browser query editors (YASGUI) work from any
 origin; the rest of the API is untouched by that. Answers stream (sparql/stream.py); a
 query runs in a killable child process with the time and row limits of the settings
@@ -17,9 +18,10 @@ from pyoxigraph import QueryBoolean, QuerySolutions
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from urbis.api.deps import AppState, Caller, StateDep, access_gate, admin_only, tenant_name
+from urbis.api.deps import AppState, StateDep, access_gate, admin_only, tenant_name
 from urbis.api.errors import problem_response
 from urbis.ontology import ns
+from urbis.sparql.dataset import visible_dataset
 from urbis.sparql.protocol import (
     BOOLEAN_TYPES,
     CORS_HEADERS,
@@ -38,6 +40,8 @@ from urbis.sparql.protocol import (
 from urbis.sparql.service import check_service, mentions_service
 from urbis.sparql.stream import AbortableStreamingResponse, start
 from urbis.sparql.update import apply_update
+from urbis.twin.access import Caller
+from urbis.twin.caller_view import CallerView
 from urbis.twin.entities import EntityService
 from urbis.twin.errors import BadRequestData, NgsiLdError
 from urbis.twin.geo import geosparql
@@ -84,7 +88,7 @@ async def sparql_query(request: Request, state: StateDep) -> Response:
         )
         if operation.text is None:
             if request.method == "GET" and not request.url.query:
-                return await _description(request, state)
+                return await _description(request, state, caller)
             raise BadRequestData("no SPARQL query: send it as 'query' (or GET without one)")
         if operation.is_update or looks_like_update(operation.text):
             raise BadRequestData(UPDATE_HINT)
@@ -92,8 +96,9 @@ async def sparql_query(request: Request, state: StateDep) -> Response:
         accept = request.headers.get("accept")
         acceptable_at_all(accept)
         service = await _service(state, request, create=False)
+        visible = _visible(service, state, caller, request)
         ready, body = await start(
-            lambda: _run(service, operation, state),
+            lambda: _run(service, operation, state, visible),
             lambda result: negotiate(accept, _offers(result)),
         )
     except NgsiLdError as error:
@@ -112,15 +117,33 @@ async def _check_service(text: str, state: AppState, admin: bool, update: bool =
         await run_in_threadpool(check_service, text, allow=allow, admin=admin, update=update)
 
 
-def _run(service: EntityService, operation: Operation, state: AppState) -> Any:
-    """Spatial filters answered by the tenant's index, then the guarded query."""
+def _visible(
+    service: EntityService, state: AppState, caller: Caller, request: Request
+) -> frozenset[str] | None:
+    """The graphs this caller may query (None: all): those it may read as stored."""
+    return CallerView.of(service, state.access, caller, tenant_name(request)).scope.raw
+
+
+def _run(
+    service: EntityService, operation: Operation, state: AppState, visible: frozenset[str] | None
+) -> Any:
+    """Spatial filters answered by the tenant's index, then the guarded query, over the graphs
+    the caller may see."""
     assert operation.text is not None
+    # The index holds every graph's geometries; a rewrite only ever joins its literals with a
+    # triple pattern of the same group, which the dataset below keeps to the visible graphs.
     text, functions = geosparql.prepare(operation.text, service.index)
+    default = operation.default_graphs or None
+    named = operation.named_graphs or None
+    if visible is not None:
+        default, named = visible_dataset(
+            operation.text, operation.default_graphs, operation.named_graphs, visible
+        )
     settings = state.settings
     return service.store.sparql(
         text,
-        default_graphs=operation.default_graphs or None,
-        named_graphs=operation.named_graphs or None,
+        default_graphs=default,
+        named_graphs=named,
         custom_functions=_called(functions, text),
         timeout=settings.sparql_timeout,
         max_rows=settings.sparql_max_rows,
@@ -146,9 +169,12 @@ def _offers(result: Any) -> dict[str, Format]:
     return dict(GRAPH_TYPES)
 
 
-async def _description(request: Request, state: AppState) -> Response:
+async def _description(request: Request, state: AppState, caller: Caller) -> Response:
     service = await _service(state, request, create=False)
     graphs = await run_in_threadpool(service.store.graphs)
+    visible = _visible(service, state, caller, request)
+    if visible is not None:  # no name of a graph the caller may not query
+        graphs = [g for g in graphs if g in visible]
     endpoint = str(request.url.replace(query="", fragment=""))
     text = service_description(
         endpoint,

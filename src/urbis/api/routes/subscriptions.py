@@ -33,6 +33,7 @@ from urbis.ngsild.subscriptions import (
     new_subscription_id,
     parse_subscription,
 )
+from urbis.twin.access import AccessPolicy
 from urbis.twin.context import ContextResolver
 from urbis.twin.errors import BadRequestData, InternalError, TooManyResults
 from urbis.twin.model import check_uri, now_iso
@@ -52,7 +53,10 @@ def _uri(parsed: dict[str, Any]) -> str:
 
 
 def build_notifier(
-    settings: Settings, resolver: ContextResolver, guard: OutboundGuard | None = None
+    settings: Settings,
+    resolver: ContextResolver,
+    guard: OutboundGuard | None = None,
+    access: AccessPolicy | None = None,
 ) -> Notifier:
     """Subscriptions live in <data dir>/subscriptions/, or in memory with the twin."""
     directory = settings.data_dir / "subscriptions" if settings.data_dir else None
@@ -63,6 +67,7 @@ def build_notifier(
         timeout=settings.notification_timeout,
         max_q_length=settings.max_q_length,
         guard=guard,
+        access=access,
     )
 
 
@@ -100,7 +105,7 @@ def _notifier(state: AppState) -> Notifier:
 @router.post("/subscriptions", status_code=201)
 @router.post("/subscriptions/", status_code=201, include_in_schema=False)
 async def create_subscription(
-    request: Request, state: StateDep, service: ServiceDep, _: AdminDep
+    request: Request, state: StateDep, service: ServiceDep, caller: AdminDep
 ) -> Response:
     notifier = _notifier(state)
     body, context = await entity_body(
@@ -113,7 +118,8 @@ async def create_subscription(
     await run_in_threadpool(check_endpoint, state.outbound, _uri(parsed), ENDPOINT)
     parsed.setdefault("id", new_subscription_id())
     now = now_iso()
-    sub = Subscription(body=parsed, context=context, created_at=now, modified_at=now)
+    # Its creator is the caller its notifications are read for (the access port).
+    sub = Subscription(body=parsed, context=context, created_at=now, modified_at=now, owner=caller)
     tenant = tenant_name(request)
     notifier.store.add(tenant, sub)
     notifier.attach(tenant, service)
@@ -197,6 +203,7 @@ async def update_subscription(
         created_at=current.created_at,
         modified_at=now_iso(),
         delivery=current.delivery,
+        owner=current.owner,
     )
     notifier.store.replace(tenant, updated)
     return Response(status_code=204)

@@ -37,6 +37,7 @@ class EntityQuery:
     geo: GeoQuery | None = None
     scope: str | None = None
     selectors: list[EntitySelector] | None = None  # alternatives: several EntitySelectors
+    graphs: frozenset[str] | None = None  # only entities of these dataset graphs (access port)
     limit: int = 20
     offset: int = 0
     count: bool = False
@@ -102,7 +103,18 @@ def plan(query: EntityQuery, geo_hits: set[str] | None = None) -> Plan:
         result.filters.append(scope_filter(query.scope))
     if query.selectors:
         result.filters.append(" || ".join(s.sparql() for s in query.selectors))
+    if query.graphs is not None:
+        result.parts.append(graph_part(query.graphs))
     return result
+
+
+def graph_part(graphs: frozenset[str]) -> str:
+    """Binds ?e to the entities of these dataset graphs (none for an empty set)."""
+    values = " ".join(iri(g) for g in sorted(graphs))
+    return (
+        f"VALUES ?entityGraph {{ {values} }} GRAPH {iri(ns.ENTITIES_GRAPH)} "
+        f"{{ ?e {iri(ns.URBIS + 'dataset')} ?entityGraph }}"
+    )
 
 
 def _plan_q(q: QExpr, result: Plan) -> None:
