@@ -61,6 +61,14 @@ def scope_filter(text: str, var: str = "e") -> str:
 ScopeTest = Callable[[Sequence[str]], bool]
 
 
+def _all_of(tests: Sequence[ScopeTest]) -> ScopeTest:
+    return lambda scopes: all(test(scopes) for test in tests)
+
+
+def _any_of(tests: Sequence[ScopeTest]) -> ScopeTest:
+    return lambda scopes: any(test(scopes) for test in tests)
+
+
 class ScopeQuery:
     """A parsed scopeQ; `matches(scopes)` says whether an entity with these scopes is selected.
 
@@ -75,8 +83,8 @@ class ScopeQuery:
         self._test: ScopeTest = parse_boolean(
             text,
             atom=_scope_test,
-            all_of=lambda tests: lambda scopes: all(t(scopes) for t in tests),
-            any_of=lambda tests: lambda scopes: any(t(scopes) for t in tests),
+            all_of=_all_of,
+            any_of=_any_of,
             any_ops=",",
             what="scopeQ",
         )
