@@ -176,7 +176,7 @@ def sparql(
     from pyoxigraph import QueryBoolean, QuerySolutions, Store
 
     from urbis.api.settings import Settings
-    from urbis.twin.errors import NgsiLdError
+    from urbis.twin.errors import UrbisError
     from urbis.twin.store.oxigraph import DEFAULT_DIR, OxigraphTenant
 
     settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
@@ -191,7 +191,7 @@ def sparql(
     store = OxigraphTenant(Store.read_only(str(path)), path)
     try:
         result = store.sparql(query)
-    except NgsiLdError as exc:
+    except UrbisError as exc:
         typer.secho(exc.detail, fg="red", err=True)
         raise typer.Exit(2) from None
     out = sys.stdout
