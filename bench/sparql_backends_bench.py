@@ -204,7 +204,7 @@ def run(name: str, settings: Settings, scale: int, runs: int, queries: dict[str,
     state = build_state(settings)
     try:
         service = state.twin.tenant(DEFAULT_TENANT, create=True)
-        reader = EntityReader(demo_terms(state))
+        reader = EntityReader(demo_terms(state.resolver, state.registry))
         started = time.perf_counter()
         entities = load_city(service, reader, scale)
         load_s = time.perf_counter() - started

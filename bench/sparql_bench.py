@@ -129,7 +129,7 @@ def build_big_store(data_dir: Path, entities: int) -> int:
 
     state = build_state(Settings(data_dir=data_dir, open=True, demo_live_seconds=0))
     service = state.twin.tenant("", create=True)
-    reader = EntityReader(demo_terms(state), now=now_iso())
+    reader = EntityReader(demo_terms(state.resolver, state.registry), now=now_iso())
     graph = dataset_graph("demo")
     loaded = 0
     for batch in batches(scale_for(entities), 2000):

@@ -53,7 +53,7 @@ def test_unreachable_remote_context_is_503(client: TestClient) -> None:
 
 def test_demo_city_is_queryable(client: TestClient) -> None:
     state: Any = client.app.state.urbis  # type: ignore[attr-defined]
-    loaded = load_demo(state)
+    loaded = load_demo(state.sources)
     assert loaded > 500
     link = f"<http://testserver{CTX}/urbis-smart-city>; {REL}"
     types = client.get("/ngsi-ld/v1/types", headers={"Link": link}).json()["typeList"]

@@ -540,7 +540,7 @@ def test_which_registrations_apply() -> None:
 
 
 def test_via_and_warning_syntax() -> None:
-    from urbis.api.federation import SourceWarning, via_names
+    from urbis.ngsild.federation import SourceWarning, via_names
 
     assert via_names("1.1 gw, HTTP/1.1 urbis-a (comment), 1.0 urbis-b") == [
         "gw",

@@ -40,7 +40,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def local() -> Iterator[EntityService]:
     with TestClient(create_app(Settings(admin_token="t", demo=False))) as client:
         state = client.app.state.urbis  # type: ignore[attr-defined]
-        load_demo(state)
+        load_demo(state.sources)
         yield state.twin.tenant("")
 
 

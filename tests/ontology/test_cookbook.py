@@ -39,7 +39,7 @@ Row = dict[str, Any]
 def store() -> Iterator[Store]:
     with TestClient(create_app(Settings(admin_token="t", demo=False))) as client:
         state = client.app.state.urbis  # type: ignore[attr-defined]
-        load_demo(state)
+        load_demo(state.sources)
         oxigraph: Store = state.twin.tenant("").store.store
         yield oxigraph
 

@@ -74,7 +74,7 @@ def write(client: TestClient, entities: list[dict[str, Any]], tenant: str) -> rd
     """Write compacted demo-style entities through the entity service of a fresh tenant."""
     state = client.app.state.urbis  # type: ignore[attr-defined]
     service = state.twin.tenant(tenant, create=True)
-    reader = EntityReader(demo_terms(state))
+    reader = EntityReader(demo_terms(state.resolver, state.registry))
     docs = [reader.entity(e) for e in entities]
     result = service.batch(
         [(d["id"], d) for d in docs], lambda new, old: new, graph="urn:urbis:dataset:t"
@@ -139,7 +139,7 @@ def test_vocabulary_covers_the_urbis_terms_the_twin_writes() -> None:
 
 def test_demo_city_conforms(app_client: TestClient) -> None:
     state = app_client.app.state.urbis  # type: ignore[attr-defined]
-    load_demo(state)
+    load_demo(state.sources)
     data = graph_from_quads(dataset_quads(state.twin.tenant("").store.store))
     kinds = {str(o).rsplit("/", 1)[-1] for o in data.objects(None, rdflib.RDF.type)}
     assert set(REQUIRED_TYPES) <= kinds

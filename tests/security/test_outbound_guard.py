@@ -26,7 +26,6 @@ from fastapi.testclient import TestClient
 import urbis.twin.outbound
 from tests.conftest import TOKEN
 from urbis.api.app import build_state, create_app
-from urbis.api.federation import http_client
 from urbis.api.settings import Settings
 from urbis.connectors.base import Cursor, SourceUnavailable
 from urbis.connectors.definition import SourceDefinition
@@ -546,7 +545,7 @@ def test_every_fetcher_of_the_server_holds_its_one_guard() -> None:
         assert state.notifier is not None
         assert state.notifier._client._transport.guard is guard  # type: ignore[attr-defined]
         assert state.sources is not None and state.sources.guard is guard
-        assert http_client(state)._transport.guard is guard  # type: ignore[attr-defined]
+        assert state.federation.client._transport.guard is guard  # type: ignore[attr-defined]
     finally:
         state.twin.close()
 

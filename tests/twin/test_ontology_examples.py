@@ -23,7 +23,7 @@ def test_readme_has_examples() -> None:
 @pytest.mark.parametrize("query", QUERIES, ids=[f"query{i}" for i in range(len(QUERIES))])
 def test_example_query_answers(client: TestClient, query: str) -> None:
     state = client.app.state.urbis  # type: ignore[attr-defined]
-    load_demo(state)
+    load_demo(state.sources)
     store = state.twin.tenant("").store.store
     assert PREFIXES is not None
     rows = list(store.query(PREFIXES.group(1) + query, use_default_graph_as_union=True))

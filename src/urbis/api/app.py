@@ -1,20 +1,22 @@
-"""The application factory: settings in, a FastAPI app with the twin on `app.state` out."""
+"""The application factory: settings in, a FastAPI app with the twin on `app.state` out.
+
+The services are built, started and stopped by the composition root (api/services.py); this
+module adds the HTTP side: the routers, error rendering, the OpenAPI description.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
-from pydantic import SecretStr
 from starlette.responses import Response
 
 from urbis.api import errors, openapi
-from urbis.api.deps import AppState, well_formed_token
-from urbis.api.federation import broker_alias
+from urbis.api.deps import AppState
+from urbis.api.errors import StatusTable
 from urbis.api.responses import json_response
 from urbis.api.routes import (
     batch,
@@ -27,116 +29,46 @@ from urbis.api.routes import (
     sparql,
     subscriptions,
 )
+from urbis.api.services import Services, build_backend
 from urbis.api.settings import Settings
-from urbis.ngsild.registrations import RegistrationStore
-from urbis.twin.access import ALLOW_ALL, AccessPolicy
-from urbis.twin.context import ContextRegistry, ContextResolver
-from urbis.twin.core import Twin
+from urbis.twin.access import AccessPolicy
 from urbis.twin.iri import redact_client_logs
-from urbis.twin.outbound import OutboundGuard
 from urbis.twin.store.base import StoreBackend
-from urbis.twin.store.oxigraph import OxigraphBackend
 
 log = logging.getLogger("urbis")
+__all__ = ["Services", "build_backend", "build_state", "create_app"]
 
 
-def build_backend(settings: Settings) -> StoreBackend:
-    """The embedded store, or a remote SPARQL engine (URBIS_STORE=sparql)."""
-    if settings.store == "sparql":
-        from urbis.twin.store.sparql import SparqlBackend  # type: ignore[import-not-found,unused-ignore]
-
-        return SparqlBackend.from_settings(settings)  # type: ignore[no-any-return,unused-ignore]
-    return OxigraphBackend(settings.data_dir)
+def build_state(settings: Settings, **components: Any) -> AppState:
+    """Every service built (none started), as requests would see them: for the command line,
+    tests and benchmarks. `components` as for `Services` (e.g. `backend=`)."""
+    return Services(settings, **components).state
 
 
-def build_state(settings: Settings, access: AccessPolicy | None = None) -> AppState:
-    backend = build_backend(settings)
-    registry = ContextRegistry(settings.data_dir / "contexts" if settings.data_dir else None)
-    outbound = OutboundGuard.from_settings(settings)  # for every server-side fetch
-    resolver = ContextResolver(
-        fetch_timeout=settings.context_fetch_timeout,
-        max_context_bytes=settings.max_context_bytes,
-        cache_ttl=settings.context_cache_ttl,
-        allow_remote=settings.allow_remote_contexts,
-        registry=registry,
-        guard=outbound,
-    )
-    token = settings.admin_token
-    if token and token.get_secret_value() and not well_formed_token(token.get_secret_value()):
-        raise ValueError("URBIS_ADMIN_TOKEN must be visible ASCII characters only (no spaces)")
-    if not settings.open and not (token and token.get_secret_value()):
-        generated = secrets.token_urlsafe(24)
-        # The one time a token is logged: the operator needs it, and nobody else set one.
-        log.warning("no URBIS_ADMIN_TOKEN set: writes need this generated token: %s", generated)
-        token = SecretStr(generated)
-    state = AppState(
-        settings=settings,
-        twin=Twin(backend, max_scan=settings.max_scan),
-        resolver=resolver,
-        registry=registry,
-        admin_token=token,
-        notifier=subscriptions.build_notifier(settings, resolver, outbound, access),
-        registrations=RegistrationStore(
-            settings.data_dir / "registrations" if settings.data_dir else None
-        ),
-        alias=broker_alias(settings),
-        outbound=outbound,
-        access=access or ALLOW_ALL,
-    )
-    state.sources = sources.build_manager(state)  # connectors (api/routes/sources.py)
-    return state
-
-
-def _open_tenants(state: AppState) -> None:
-    for name in state.twin.backend.tenants():
-        service = state.twin.tenant(name)
-        pool = getattr(service.store, "disk_pool", None)  # on-disk SPARQL query workers
-        if pool is not None:
-            pool.prestart()  # so that the first /sparql query finds one ready
-        log.info("tenant %r ready: %d geometries indexed", name or "(default)", len(service.index))
-
-
-def create_app(settings: Settings | None = None, *, access: AccessPolicy | None = None) -> FastAPI:
-    """`access` decides what each caller may read (twin/access.py); None: everyone reads all."""
-    settings = settings or Settings()
-    state = build_state(settings, access)
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: StoreBackend | None = None,
+    access: AccessPolicy | None = None,
+    statuses: StatusTable | None = None,
+    services: Services | None = None,
+) -> FastAPI:
+    """The app of one deployment. `backend` replaces the store URBIS_STORE names; `access`
+    decides what each caller may read (twin/access.py; None: everyone reads all); `statuses`
+    overrides the HTTP status of error classes (docs/errors.md); `services`, a composition
+    root built beforehand, replaces the one built here from `settings`, `backend`, `access`."""
+    problems = errors.ProblemRenderer(statuses)  # a wrong table fails before anything opens
+    if services is None:
+        services = Services(settings or Settings(), backend=backend, access=access)
+    elif backend is not None or access is not None:
+        raise ValueError("give create_app its components or services, not both")
+    settings = services.settings
+    state = services.state
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        live: asyncio.Task[None] | None = None
-        halt_devices = None  # the demo's MQTT device simulator (URBIS_DEMO_MQTT_URL)
-        if settings.open:
-            log.warning("*** URBIS RUNS OPEN: anyone who reaches it can read and write ***")
-        # Open every tenant (and rebuild its spatial index) before the first request, not in it.
-        await asyncio.to_thread(_open_tenants, state)
-        await asyncio.to_thread(subscriptions.start_notifications, state)
-        if settings.demo:
-            from urbis.demo.loading import load_demo, run_live_demo, start_demo_devices
-
-            await asyncio.to_thread(load_demo, state)
-            if settings.demo_live_seconds > 0 and settings.demo_mqtt_url:
-                halt_devices = start_demo_devices(state, settings.demo_mqtt_url)
-            elif settings.demo_live_seconds > 0:
-                live = asyncio.create_task(run_live_demo(state, settings.demo_live_seconds))
-        scheduler = None  # the connectors' scheduled syncs (api/routes/sources.py)
-        if settings.sources_scheduler:
-            scheduler = asyncio.create_task(sources.run_scheduler(state))
-        await asyncio.to_thread(sources.start_live, state)  # MQTT, NGSI-LD (connectors/live.py)
-        try:
+        async with services.running():
             yield
-        finally:
-            for task in (live, scheduler):
-                if task is not None:
-                    task.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await task
-            await asyncio.to_thread(sources.stop_live, state)
-            if halt_devices is not None:
-                await asyncio.to_thread(halt_devices)
-            await asyncio.to_thread(subscriptions.stop_notifications, state)
-            if state.http is not None:  # the federation's client (api/federation.py)
-                await state.http.aclose()
-            state.twin.close()
 
     app = FastAPI(
         title="Urbis",
@@ -144,8 +76,9 @@ def create_app(settings: Settings | None = None, *, access: AccessPolicy | None 
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.urbis = state
-    errors.install(app)
+    app.state.urbis = state  # what requests see (api/deps.py)
+    app.state.services = services  # the composition root, for embedding applications
+    errors.install(app, problems)
     redact_client_logs()  # outbound URLs may carry credentials: none reaches the log
     openapi.install(app, settings)  # /openapi.json: every operation described
     for module in (

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
-import httpx
 from fastapi import Depends, Request
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +17,7 @@ from urbis.api.http import CORE_CONTEXT, link_context
 from urbis.api.settings import Settings
 from urbis.connectors.live import LiveManager
 from urbis.connectors.sync import SyncManager
+from urbis.ngsild.federation import Federation
 from urbis.ngsild.registrations import RegistrationStore
 from urbis.ngsild.subscriptions import Notifier
 from urbis.twin.access import AccessPolicy, AllowAll, Caller
@@ -58,22 +58,20 @@ def is_write(request: Request) -> bool:
 
 @dataclass
 class AppState:
-    """What create_app puts on `app.state.urbis`."""
+    """The request-facing view of the services, on `app.state.urbis`: what routes and request
+    dependencies use. The composition root (api/services.py) builds, starts and stops them."""
 
     settings: Settings
     twin: Twin
-    resolver: ContextResolver
-    registry: ContextRegistry
+    resolver: ContextResolver  # @context terms (twin/context.py)
+    registry: ContextRegistry  # hosted contexts (/jsonldContexts)
     admin_token: SecretStr | None  # a SecretStr so that no repr or log shows it
-    notifier: Notifier | None = None  # NGSI-LD subscriptions' delivery (twin.subscriptions)
-    # Federation (api/federation.py): registrations, this broker's Via alias, the HTTP client.
-    registrations: RegistrationStore = field(default_factory=lambda: RegistrationStore(None))
-    alias: str = "urbis"
-    http: httpx.AsyncClient | None = None
-    # Every server-side fetch goes through this one guard (twin/outbound.py).
-    outbound: OutboundGuard = field(default_factory=OutboundGuard)
-    sources: SyncManager | None = None  # connectors: definitions, syncs (connectors/sync.py)
-    live: LiveManager | None = None  # live sources: MQTT, NGSI-LD (connectors/live.py)
+    outbound: OutboundGuard  # every server-side fetch goes through it (twin/outbound.py)
+    notifier: Notifier  # NGSI-LD subscriptions and their delivery (ngsild/subscriptions.py)
+    registrations: RegistrationStore  # context source registrations (ngsild/registrations.py)
+    federation: Federation  # distributed queries (ngsild/federation.py)
+    sources: SyncManager  # connectors: definitions, syncs (connectors/sync.py)
+    live: LiveManager  # live sources: MQTT, NGSI-LD (connectors/live.py)
     # What each caller may read (twin/access.py): every read path asks it; allow-all by default.
     access: AccessPolicy = field(default_factory=AllowAll)
 

@@ -8,26 +8,20 @@ import orjson
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from urbis.twin.errors import ERROR_BASE, BadRequestData, NgsiLdError, PayloadTooLarge
+from urbis.twin.errors import ERROR_BASE, BadRequestData, PayloadTooLarge
+from urbis.twin.errors import NotAcceptable as NotAcceptable  # here before twin.errors had it
+from urbis.twin.errors import UnsupportedMediaType as UnsupportedMediaType
+from urbis.twin.linkheader import CONTEXT_REL as CONTEXT_REL
 from urbis.twin.linkheader import parse_links
 
 JSON = "application/json"
 JSONLD = "application/ld+json"
 GEOJSON = "application/geo+json"
 MERGE_PATCH = "application/merge-patch+json"
-CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 
 # A Link header longer than this is refused: a context link needs a few hundred bytes.
 MAX_LINK_LENGTH = 8192
-
-
-class UnsupportedMediaType(NgsiLdError):
-    error_type, status, title = "UnsupportedMediaType", 415, "Unsupported media type"
-
-
-class NotAcceptable(NgsiLdError):
-    error_type, status, title = "NotAcceptable", 406, "Not acceptable"
 
 
 def link_context(request: Request) -> str | None:

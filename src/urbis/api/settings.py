@@ -83,8 +83,10 @@ class Settings(BaseSettings):
     )
 
     # -- store backend (twin/store) --------------------------------------------------------
-    store: Literal["oxigraph", "sparql"] = Field(
-        default="oxigraph", description="Embedded pyoxigraph, or a remote SPARQL 1.1 engine."
+    store: str = Field(
+        default="oxigraph",
+        description="The store backend by name (twin/store/registry.py): oxigraph (embedded), "
+        "sparql (a remote SPARQL 1.1 engine), or a plugin's (entry point group urbis.stores).",
     )
     sparql_url: str | None = Field(
         default=None, description="Remote engine's query endpoint (URBIS_STORE=sparql)."

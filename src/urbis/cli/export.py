@@ -69,7 +69,7 @@ def format_for(path: Path | None, name: str | None) -> str:
 
 
 def _backend(data_dir: Path | None) -> StoreBackend:
-    from urbis.api.app import build_backend
+    from urbis.api.services import build_backend
     from urbis.api.settings import Settings
 
     settings = Settings() if data_dir is None else Settings(data_dir=data_dir)

@@ -50,6 +50,7 @@ def serve(
     from urbis.api.app import create_app
     from urbis.api.http import CONTEXT_REL, limit_headers
     from urbis.api.settings import Settings
+    from urbis.twin.errors import ConfigError
 
     overrides: dict[str, Any] = {}
     if host is not None:
@@ -92,8 +93,13 @@ def serve(
             f"  curl -g '{base}/ngsi-ld/v1/entities?type=WasteContainer&q=fillingLevel>0.8' "
             f"-H '{link}'"
         )
+    try:
+        app = create_app(settings)
+    except ConfigError as error:  # an unknown store backend, a bad admin token...
+        typer.secho(f"cannot start: {error.detail}", fg="red", err=True)
+        raise typer.Exit(2) from None
     uvicorn.run(
-        limit_headers(create_app(settings), settings.max_header_bytes),
+        limit_headers(app, settings.max_header_bytes),
         host=settings.host,
         port=settings.port,
         log_level="info",
@@ -176,7 +182,7 @@ def sparql(
     from pyoxigraph import QueryBoolean, QuerySolutions, Store
 
     from urbis.api.settings import Settings
-    from urbis.twin.errors import NgsiLdError
+    from urbis.twin.errors import UrbisError
     from urbis.twin.store.oxigraph import DEFAULT_DIR, OxigraphTenant
 
     settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
@@ -191,7 +197,7 @@ def sparql(
     store = OxigraphTenant(Store.read_only(str(path)), path)
     try:
         result = store.sparql(query)
-    except NgsiLdError as exc:
+    except UrbisError as exc:
         typer.secho(exc.detail, fg="red", err=True)
         raise typer.Exit(2) from None
     out = sys.stdout

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.errors import ConnectorError
 from urbis.twin.outbound import OutboundGuard
 
 
@@ -104,9 +105,13 @@ class LiveConnector(Connector):
         """Deliver records to `sink` as they arrive; reconnect on your own after failures."""
 
 
-class SourceUnavailable(Exception):
+class SourceUnavailable(ConnectorError):
     """The source could not be reached or answered with a server error: retry later."""
 
+    error_type, status, title = "SourceUnavailable", 502, "Source unavailable"
 
-class BadRecord(Exception):
+
+class BadRecord(ConnectorError):
     """A record that cannot become an entity; the message is the quarantine reason."""
+
+    error_type, status, title = "BadRecord", 422, "Record not usable"

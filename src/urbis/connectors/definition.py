@@ -16,7 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from urbis.connectors.errors import ConnectorError
 from urbis.connectors.units import unit_code
+from urbis.twin.errors import ERROR_BASE
 
 ATTRIBUTE_KINDS = ("Property", "Relationship", "GeoProperty", "JsonProperty")
 CONVERSIONS = ("int", "float", "bool", "str", "datetime", "date", "json")
@@ -256,17 +258,30 @@ class SourceDefinition(BaseModel):
 # -- loading with precise errors ------------------------------------------------------------
 
 
-class DefinitionError(ValueError):
-    """Every mistake of one definition: (field path, message) pairs, and where it came from."""
+class DefinitionError(ConnectorError, ValueError):
+    """Every mistake of one definition: (field path, message) pairs, and where it came from.
+
+    Rendered as a 400 whose `errors` lists {field, message} and whose `detail` says the first;
+    `where` (a file of the server) is only in `str()`, for the command line and the log."""
+
+    type_base = ERROR_BASE
+    error_type, status, title = "BadRequestData", 400, "Bad request data"
 
     def __init__(self, where: str, problems: list[tuple[str, str]]) -> None:
         self.where = where
         self.problems = problems
+        first = problems[0] if problems else ("", "invalid definition")
+        detail = f"{first[0]}: {first[1]}" if first[0] else first[1]
+        if len(problems) > 1:
+            detail += f" (and {len(problems) - 1} more in 'errors')"
         super().__init__(
-            "\n".join(
-                f"{where}: {path}: {message}" if path else f"{where}: {message}"
-                for path, message in problems
-            )
+            detail, errors=[{"field": path, "message": message} for path, message in problems]
+        )
+
+    def __str__(self) -> str:
+        return "\n".join(
+            f"{self.where}: {path}: {message}" if path else f"{self.where}: {message}"
+            for path, message in self.problems
         )
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from urbis.connectors.errors import ConnectorError
+
 GML_NAMESPACES = ("http://www.opengis.net/gml/3.2", "http://www.opengis.net/gml")
 WFS_MEMBERS = {
     "{http://www.opengis.net/wfs/2.0}member",
@@ -42,8 +44,10 @@ _GEOMETRIES = {
 }
 
 
-class GmlError(ValueError):
+class GmlError(ConnectorError, ValueError):
     """GML this reader cannot turn into GeoJSON; the message says what."""
+
+    error_type, status, title = "GmlError", 502, "Unreadable GML"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from urbis.connectors.base import Connector
 from urbis.connectors.definition import SourceDefinition, field_path
+from urbis.connectors.errors import ConnectorError
 from urbis.twin.outbound import OutboundGuard
 
 log = logging.getLogger("urbis.connectors")
@@ -38,8 +39,10 @@ BUILTIN_MODULES = (
 )
 
 
-class UnknownKind(LookupError):
+class UnknownKind(ConnectorError, LookupError):
     """No connector registers this kind."""
+
+    error_type, status, title = "UnknownKind", 400, "Unknown connector kind"
 
 
 def _connectors_in(module: ModuleType) -> dict[str, type[Connector]]:

@@ -36,6 +36,7 @@ from typing import Any
 
 from urbis.connectors.base import BadRecord, Cursor, LiveConnector, Record, SourceUnavailable
 from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.errors import ConnectorError
 from urbis.connectors.harmonize import Harmonizer
 from urbis.connectors.quarantine import Quarantine, QuarantineEntry, raw_record, record_key
 from urbis.connectors.registry import ConnectorRegistry, UnknownKind, default_registry
@@ -44,7 +45,7 @@ from urbis.ontology import ns
 from urbis.twin.context import ContextRegistry, ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.entities import EntityService
-from urbis.twin.errors import NgsiLdError, ResourceNotFound
+from urbis.twin.errors import ERROR_BASE, NgsiLdError, ResourceNotFound
 from urbis.twin.model import SYSTEM_MEMBERS, now_iso
 from urbis.twin.outbound import OutboundGuard
 from urbis.twin.provenance import DatasetInfo, SyncRun, describe_dataset, record_run
@@ -87,12 +88,17 @@ class SyncReport:
         return cls(**known)
 
 
-class SourceBusy(RuntimeError):
+class SourceBusy(ConnectorError, RuntimeError):
     """A sync of this source is already running."""
+
+    type_base = ERROR_BASE
+    error_type, status, title = "Conflict", 409, "Sync already running"
 
 
 class LiveSource(SourceBusy):
     """A live source (a LiveConnector kind) is run by the server continuously, never synced."""
+
+    error_type, status, title = "OperationNotSupported", 422, "Operation not supported"
 
 
 # -- per-source state: cursor, journal, last report, tombstones -------------------------------

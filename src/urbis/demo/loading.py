@@ -16,9 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from urbis.api.deps import AppState
 from urbis.connectors.definition import SourceDefinition, parse_definition
+from urbis.connectors.sync import SyncManager
 from urbis.demo import city as demo
+from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.core import Twin
 from urbis.twin.entities import append_attributes
 from urbis.twin.model import EntityReader, now_iso
 from urbis.twin.provenance import default_dataset_info, describe_dataset
@@ -29,9 +31,9 @@ log = logging.getLogger("urbis")
 DEMO_DATASET = "urn:urbis:dataset:demo"
 
 
-def demo_terms(state: AppState) -> Terms:
+def demo_terms(resolver: ContextResolver, registry: ContextRegistry) -> Terms:
     """The packaged smart-city context, resolved from the registry (never fetched)."""
-    return state.resolver.resolve(state.registry.get(demo.CONTEXT_ID)["@context"])
+    return resolver.resolve(registry.get(demo.CONTEXT_ID)["@context"])
 
 
 def write_demo_files(directory: Path, *, seed: int = 42) -> tuple[Path, Path]:
@@ -144,20 +146,16 @@ def demo_sources(directory: Path, *, seed: int = 42) -> list[SourceDefinition]:
     ]
 
 
-def load_demo(state: AppState, *, seed: int = 42) -> int:
-    """Write the demo city out as files and sync them through the file connector.
+def load_demo(manager: SyncManager, *, directory: Path | None = None, seed: int = 42) -> int:
+    """Write the demo city out as files into `directory` (None: a temporary directory, removed
+    at exit) and sync them through the file connector of `manager`, into its twin.
 
     So the demo shows federation at work: each file is a source with its own named graph,
     provenance, report and quarantine (`GET /sources`). Returns the entities in the twin from
     those sources. The live readings come from `run_live_demo`, or, with URBIS_DEMO_MQTT_URL,
     from simulated devices through a broker and the "demo-mqtt" source (`start_demo_devices`).
     """
-    manager = state.sources
-    assert manager is not None
-    data_dir = state.settings.data_dir
-    if data_dir is not None:
-        directory = data_dir / "demo-files"
-    else:
+    if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="urbis-demo-"))
         atexit.register(shutil.rmtree, directory, True)
     total = 0
@@ -167,15 +165,15 @@ def load_demo(state: AppState, *, seed: int = 42) -> int:
         if report.status != "ok" or report.quarantined:
             log.warning("demo source %s: %s", source.id, report.to_dict())
         total += report.created + report.updated + report.unchanged
-    service = state.twin.tenant(DEFAULT_TENANT, create=True)
+    service = manager.twin.tenant(DEFAULT_TENANT, create=True)
     describe_dataset(service.store, default_dataset_info(), datetime.now(UTC))
     log.info("demo city synced from %s: %d entities", directory, total)
     return total
 
 
-def apply_updates(state: AppState, rng: random.Random) -> int:
-    terms = demo_terms(state)
-    service = state.twin.tenant(DEFAULT_TENANT, create=True)
+def apply_updates(twin: Twin, terms: Terms, rng: random.Random) -> int:
+    """One tick of the demo's sensors, written into the twin; `terms`: `demo_terms`."""
+    service = twin.tenant(DEFAULT_TENANT, create=True)
     now = now_iso()
     reader = EntityReader(terms, now=now)
     items = []
@@ -192,15 +190,13 @@ def apply_updates(state: AppState, rng: random.Random) -> int:
     return len(service.batch(items, update, graph=DEMO_DATASET).success)
 
 
-def start_demo_devices(state: AppState, broker_url: str) -> Callable[[], None]:
-    """The demo's sensors as MQTT devices (URBIS_DEMO_MQTT_URL): the simulator publishes each
-    tick to the broker and the "demo-mqtt" source, a live source like any other, brings the
-    measures back into the twin. Returns what stops the simulator; the source is stopped
-    with the other live sources."""
+def start_demo_devices(manager: SyncManager, broker_url: str, period: float) -> Callable[[], None]:
+    """The demo's sensors as MQTT devices (URBIS_DEMO_MQTT_URL), publishing every `period`
+    seconds: the simulator publishes each tick to the broker and the "demo-mqtt" source of
+    `manager`, a live source like any other, brings the measures back into the twin. Returns
+    what stops the simulator; the source is started and stopped with the other live sources."""
     from urbis.demo.devices import demo_source, run_simulator
 
-    manager = state.sources
-    assert manager is not None
     info = demo.dataset_info(DEMO_DATASET)
     source = demo_source(broker_url, demo.CONTEXT_ID).model_copy(
         update={
@@ -212,7 +208,6 @@ def start_demo_devices(state: AppState, broker_url: str) -> Callable[[], None]:
     )
     manager.catalog.remember(source)  # started by the live manager with the others
     stop = threading.Event()
-    period = state.settings.demo_live_seconds
     thread = threading.Thread(
         target=run_simulator, args=(broker_url, stop, period), name="demo-sim", daemon=True
     )
@@ -226,11 +221,12 @@ def start_demo_devices(state: AppState, broker_url: str) -> Callable[[], None]:
     return halt
 
 
-async def run_live_demo(state: AppState, period: float) -> None:
+async def run_live_demo(twin: Twin, terms: Terms, period: float) -> None:
+    """Apply the sensors' updates every `period` seconds, until cancelled."""
     rng = random.Random(7)
     while True:
         await asyncio.sleep(period)
         try:
-            await asyncio.to_thread(apply_updates, state, rng)
+            await asyncio.to_thread(apply_updates, twin, terms, rng)
         except Exception:  # the demo must never take the server down
             log.exception("demo update failed")

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from pyoxigraph import NamedNode, QueryResultsFormat, RdfFormat
 from starlette.requests import Request
 
-from urbis.twin.errors import BadRequestData, NgsiLdError, PayloadTooLarge
+from urbis.twin.errors import BadRequestData, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 
 FORM = "application/x-www-form-urlencoded"
 QUERY_TYPE = "application/sparql-query"
@@ -64,14 +64,6 @@ _PROLOGUE = re.compile(
 _UPDATE_KEYWORD = re.compile(
     r"(INSERT|DELETE|LOAD|CLEAR|DROP|CREATE|ADD|MOVE|COPY|WITH)\b", re.IGNORECASE
 )
-
-
-class NotAcceptable(NgsiLdError):
-    error_type, status, title = "NotAcceptable", 406, "Not acceptable"
-
-
-class UnsupportedMediaType(NgsiLdError):
-    error_type, status, title = "UnsupportedMediaType", 415, "Unsupported media type"
 
 
 @dataclass

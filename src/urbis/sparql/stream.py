@@ -20,7 +20,7 @@ from pyoxigraph import QueryBoolean, QueryResultsFormat, QuerySolutions, RdfForm
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
-from urbis.twin.errors import NgsiLdError
+from urbis.twin.errors import UrbisError
 
 Format = QueryResultsFormat | RdfFormat
 
@@ -114,7 +114,7 @@ def _produce(
         # Drop the answer now (the traceback keeps this frame): a guarded query's process is
         # released or killed with it, not whenever the garbage collector runs.
         result = None
-        if not isinstance(error, NgsiLdError):
+        if not isinstance(error, UrbisError):
             log.exception("SPARQL query failed", exc_info=error)
         with contextlib.suppress(_Cancelled):
             channel.put(error.with_traceback(None))

@@ -7,6 +7,7 @@ from typing import NoReturn
 from urbis.twin.errors import BadRequestData
 
 _OWS = " \t"
+CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"  # the link relation of a JSON-LD @context
 
 
 def parse_links(header: str) -> list[tuple[str, set[str]]]:

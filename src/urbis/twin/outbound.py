@@ -33,7 +33,7 @@ import anyio
 import httpcore
 import httpx
 
-from urbis.twin.errors import BadRequestData
+from urbis.twin.errors import BadRequestData, UrbisError
 from urbis.twin.iri import redact_in, redact_url
 
 log = logging.getLogger("urbis.outbound")
@@ -47,12 +47,17 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class OutboundRefused(httpx.ConnectError):
+class OutboundRefused(UrbisError, httpx.ConnectError):
     """The guard refused the destination. Its message is the generic FETCH_FAILED, which any
-    fetcher may show; `reason` (which address, why) is logged, never shown."""
+    fetcher may show; `reason` (which address, why) is logged, never shown. An httpx
+    ConnectError, so that every client treats it as a connection that failed."""
+
+    error_type, status, title = "OutboundRefused", 502, "Outbound fetch refused"
 
     def __init__(self, reason: str, *, request: httpx.Request | None = None) -> None:
-        super().__init__(FETCH_FAILED, request=request)
+        httpx.ConnectError.__init__(self, FETCH_FAILED, request=request)
+        self.detail = FETCH_FAILED
+        self.extra = {}
         self.reason = reason
         log.info("outbound connection refused: %s", reason)
 

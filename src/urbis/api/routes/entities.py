@@ -16,7 +16,7 @@ from urbis.api.deps import (
     ViewDep,
     resolve_context_async,
 )
-from urbis.api.errors import problem_response
+from urbis.api.errors import render
 from urbis.api.federation import WARNING_HEADER, federated_query, federated_retrieve
 from urbis.api.http import GEOJSON, accept, entity_body
 from urbis.api.params import entity_query, expanded_names, options, query_source, representation
@@ -127,10 +127,8 @@ def _page_links(request: Request, offset: int, limit: int, returned: int, total:
 
 @router.get("/entities/{entity_id:path}/attrs/{attr}", include_in_schema=False)
 def _no_attr_get(entity_id: str, attr: str) -> Response:
-    return problem_response(
-        OperationNotSupported(
-            "GET of a single attribute is not defined; GET the entity with attrs="
-        )
+    raise OperationNotSupported(
+        "GET of a single attribute is not defined; GET the entity with attrs="
     )
 
 
@@ -149,7 +147,7 @@ async def retrieve_entity(  # async: one key lookup, cheaper than a worker-threa
     )
     if found is None:
         error = ResourceNotFound(f"entity {entity_id!r} not found")
-        return problem_response(error, {WARNING_HEADER: ", ".join(warnings)} if warnings else None)
+        return render(request, error, {WARNING_HEADER: ", ".join(warnings)} if warnings else None)
     doc = found
     wanted_type = params.get("type")
     if wanted_type and ctx.terms.expand(wanted_type) not in doc["type"]:

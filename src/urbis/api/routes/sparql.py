@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from urbis.api.deps import AppState, StateDep, access_gate, admin_only, tenant_name
-from urbis.api.errors import problem_response
+from urbis.api.errors import render
 from urbis.ontology import ns
 from urbis.sparql.dataset import visible_dataset
 from urbis.sparql.protocol import (
@@ -43,7 +43,7 @@ from urbis.sparql.update import apply_update
 from urbis.twin.access import Caller
 from urbis.twin.caller_view import CallerView
 from urbis.twin.entities import EntityService
-from urbis.twin.errors import BadRequestData, NgsiLdError
+from urbis.twin.errors import BadRequestData, UrbisError
 from urbis.twin.geo import geosparql
 
 router = APIRouter(tags=["sparql"])
@@ -54,11 +54,8 @@ UPDATE_HINT = (
 )
 
 
-def _problem(error: NgsiLdError) -> Response:
-    headers = dict(CORS_HEADERS)
-    if error.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return problem_response(error, headers)
+def _problem(request: Request, error: UrbisError) -> Response:
+    return render(request, error, CORS_HEADERS)  # 401s get their WWW-Authenticate there
 
 
 async def _service(state: AppState, request: Request, *, create: bool) -> EntityService:
@@ -101,8 +98,8 @@ async def sparql_query(request: Request, state: StateDep) -> Response:
             lambda: _run(service, operation, state, visible),
             lambda result: negotiate(accept, _offers(result)),
         )
-    except NgsiLdError as error:
-        return _problem(error)
+    except UrbisError as error:
+        return _problem(request, error)
     headers = {**CORS_HEADERS, "Vary": "Accept", "Cache-Control": "no-store"}
     # The body may end with an Aborted marker, which only this response class understands.
     stream = cast(AsyncIterator[bytes], body)
@@ -209,8 +206,8 @@ async def sparql_update(request: Request, state: StateDep) -> Response:
         await _check_service(operation.text, state, True, update=True)
         service = await _service(state, request, create=True)
         await run_in_threadpool(apply_update, service, operation.text)
-    except NgsiLdError as error:
-        return _problem(error)
+    except UrbisError as error:
+        return _problem(request, error)
     return Response(status_code=204, headers=CORS_HEADERS)
 
 

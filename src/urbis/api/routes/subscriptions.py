@@ -1,4 +1,4 @@
-"""NGSI-LD subscriptions (clauses 5.8 and 5.11; 6.10-6.11): CRUD; twin.subscriptions notifies.
+"""NGSI-LD subscriptions (clauses 5.8 and 5.11; 6.10-6.11): CRUD; ngsild.subscriptions notifies.
 
 Subscriptions reveal where notifications go and with which headers (receiverInfo may carry a
 receiver's credentials), so reading them needs the admin token too, unlike entities.
@@ -15,7 +15,6 @@ from starlette.responses import Response
 
 from urbis.api.deps import (
     AdminDep,
-    AppState,
     ServiceDep,
     StateDep,
     resolve_context_async,
@@ -24,20 +23,15 @@ from urbis.api.deps import (
 from urbis.api.http import CORE_CONTEXT, JSON, JSONLD, accept, entity_body
 from urbis.api.params import boolean, integer, options
 from urbis.api.responses import json_response
-from urbis.api.settings import Settings
 from urbis.ngsild.subscriptions import (
-    Notifier,
     Subscription,
-    SubscriptionStore,
     merge_patch,
     new_subscription_id,
     parse_subscription,
 )
-from urbis.twin.access import AccessPolicy
-from urbis.twin.context import ContextResolver
-from urbis.twin.errors import BadRequestData, InternalError, TooManyResults
+from urbis.twin.errors import BadRequestData, TooManyResults
 from urbis.twin.model import check_uri, now_iso
-from urbis.twin.outbound import OutboundGuard, check_endpoint
+from urbis.twin.outbound import check_endpoint
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["subscriptions"])
 BASE = "/ngsi-ld/v1/subscriptions/"
@@ -49,56 +43,6 @@ def _uri(parsed: dict[str, Any]) -> str:
     return uri
 
 
-# -- wiring (called by api.app) ---------------------------------------------------------------
-
-
-def build_notifier(
-    settings: Settings,
-    resolver: ContextResolver,
-    guard: OutboundGuard | None = None,
-    access: AccessPolicy | None = None,
-) -> Notifier:
-    """Subscriptions live in <data dir>/subscriptions/, or in memory with the twin."""
-    directory = settings.data_dir / "subscriptions" if settings.data_dir else None
-    return Notifier(
-        SubscriptionStore(directory),
-        resolver.resolve,
-        queue_size=settings.notification_queue_size,
-        timeout=settings.notification_timeout,
-        max_q_length=settings.max_q_length,
-        guard=guard,
-        access=access,
-    )
-
-
-def start_notifications(state: AppState) -> None:
-    """Hook every tenant that has subscriptions, then start delivering (blocking: a thread)."""
-    notifier = state.notifier
-    if notifier is None:
-        return
-    for tenant in notifier.store.tenants():
-        try:
-            notifier.attach(tenant, state.twin.tenant(tenant))
-        except Exception as error:  # a tenant removed while its subscriptions stayed
-            import logging
-
-            logging.getLogger("urbis").warning(
-                "subscriptions of tenant %r not active: %s", tenant, error
-            )
-    notifier.start()
-
-
-def stop_notifications(state: AppState) -> None:
-    if state.notifier is not None:
-        state.notifier.stop()
-
-
-def _notifier(state: AppState) -> Notifier:
-    if state.notifier is None:
-        raise InternalError("subscriptions are not configured on this server")
-    return state.notifier
-
-
 # -- routes -----------------------------------------------------------------------------------
 
 
@@ -107,7 +51,7 @@ def _notifier(state: AppState) -> Notifier:
 async def create_subscription(
     request: Request, state: StateDep, service: ServiceDep, caller: AdminDep
 ) -> Response:
-    notifier = _notifier(state)
+    notifier = state.notifier
     body, context = await entity_body(
         request, max_bytes=state.settings.max_body_bytes, max_depth=state.settings.max_json_depth
     )
@@ -131,7 +75,7 @@ async def create_subscription(
 def list_subscriptions(
     request: Request, state: StateDep, service: ServiceDep, _: AdminDep
 ) -> Response:
-    notifier = _notifier(state)
+    notifier = state.notifier
     params = request.query_params
     kind = accept(request, (JSON, JSONLD))
     limit = integer(params, "limit", state.settings.default_page_size)
@@ -165,7 +109,7 @@ def retrieve_subscription(
     check_uri(subscription_id, "subscription id")
     kind = accept(request, (JSON, JSONLD))
     sys_attrs = "sysAttrs" in options(request.query_params, frozenset({"sysAttrs"}))
-    sub = _notifier(state).store.get(tenant_name(request), subscription_id)
+    sub = state.notifier.store.get(tenant_name(request), subscription_id)
     return json_response(_rendered(sub, kind, sys_attrs), media_type=kind)
 
 
@@ -174,7 +118,7 @@ async def update_subscription(
     subscription_id: str, request: Request, state: StateDep, service: ServiceDep, _: AdminDep
 ) -> Response:
     check_uri(subscription_id, "subscription id")
-    notifier = _notifier(state)
+    notifier = state.notifier
     tenant = tenant_name(request)
     current = notifier.store.get(tenant, subscription_id)
     fragment, context = await entity_body(
@@ -214,7 +158,7 @@ def delete_subscription(
     subscription_id: str, request: Request, state: StateDep, service: ServiceDep, _: AdminDep
 ) -> Response:
     check_uri(subscription_id, "subscription id")
-    notifier = _notifier(state)
+    notifier = state.notifier
     notifier.store.delete(tenant_name(request), subscription_id)
     return Response(status_code=204)
 
