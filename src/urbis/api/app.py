@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from urbis.api import errors, openapi
 from urbis.api.deps import AppState, well_formed_token
+from urbis.api.durable_state import open_durable_state
 from urbis.api.federation import broker_alias
 from urbis.api.responses import json_response
 from urbis.api.routes import (
@@ -50,7 +51,8 @@ def build_backend(settings: Settings) -> StoreBackend:
 
 def build_state(settings: Settings) -> AppState:
     backend = build_backend(settings)
-    registry = ContextRegistry(settings.data_dir / "contexts" if settings.data_dir else None)
+    durable = open_durable_state(settings)  # subscriptions, registrations, contexts, sources
+    registry = ContextRegistry(durable)
     outbound = OutboundGuard.from_settings(settings)  # for every server-side fetch
     resolver = ContextResolver(
         fetch_timeout=settings.context_fetch_timeout,
@@ -74,12 +76,11 @@ def build_state(settings: Settings) -> AppState:
         resolver=resolver,
         registry=registry,
         admin_token=token,
-        notifier=subscriptions.build_notifier(settings, resolver, outbound),
-        registrations=RegistrationStore(
-            settings.data_dir / "registrations" if settings.data_dir else None
-        ),
+        notifier=subscriptions.build_notifier(settings, resolver, outbound, durable),
+        registrations=RegistrationStore(durable),
         alias=broker_alias(settings),
         outbound=outbound,
+        durable=durable,
     )
     state.sources = sources.build_manager(state)  # connectors (api/routes/sources.py)
     return state
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.http is not None:  # the federation's client (api/federation.py)
                 await state.http.aclose()
             state.twin.close()
+            state.durable.close()
 
     app = FastAPI(
         title="Urbis",

@@ -38,6 +38,7 @@ def build_manager(state: AppState) -> SyncManager:
         sources_dir=settings.sources_dir,
         area=settings.area(),
         guard=state.outbound,
+        state=state.durable,
     )
 
 

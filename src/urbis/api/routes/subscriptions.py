@@ -37,6 +37,7 @@ from urbis.twin.context import ContextResolver
 from urbis.twin.errors import BadRequestData, InternalError, TooManyResults
 from urbis.twin.model import check_uri, now_iso
 from urbis.twin.outbound import OutboundGuard, check_endpoint
+from urbis.twin.state import StateStore
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["subscriptions"])
 BASE = "/ngsi-ld/v1/subscriptions/"
@@ -52,12 +53,14 @@ def _uri(parsed: dict[str, Any]) -> str:
 
 
 def build_notifier(
-    settings: Settings, resolver: ContextResolver, guard: OutboundGuard | None = None
+    settings: Settings,
+    resolver: ContextResolver,
+    guard: OutboundGuard | None = None,
+    durable: StateStore | None = None,
 ) -> Notifier:
-    """Subscriptions live in <data dir>/subscriptions/, or in memory with the twin."""
-    directory = settings.data_dir / "subscriptions" if settings.data_dir else None
+    """Subscriptions live in the state store (twin/state: in memory with an in-memory twin)."""
     return Notifier(
-        SubscriptionStore(directory),
+        SubscriptionStore(durable),
         resolver.resolve,
         queue_size=settings.notification_queue_size,
         timeout=settings.notification_timeout,
@@ -115,7 +118,7 @@ async def create_subscription(
     now = now_iso()
     sub = Subscription(body=parsed, context=context, created_at=now, modified_at=now)
     tenant = tenant_name(request)
-    notifier.store.add(tenant, sub)
+    await run_in_threadpool(notifier.store.add, tenant, sub)  # a durable commit: off the loop
     notifier.attach(tenant, service)
     return Response(status_code=201, headers={"Location": BASE + quote(sub.id, safe=":/")})
 
@@ -198,7 +201,7 @@ async def update_subscription(
         modified_at=now_iso(),
         delivery=current.delivery,
     )
-    notifier.store.replace(tenant, updated)
+    await run_in_threadpool(notifier.store.replace, tenant, updated)
     return Response(status_code=204)
 
 
