@@ -33,7 +33,10 @@ DataDir = Annotated[
 ]
 SourcesDir = Annotated[
     Path | None,
-    typer.Option("--sources-dir", help="Definitions (default: URBIS_SOURCES_DIR or DATA/sources)."),
+    typer.Option(
+        "--sources-dir",
+        help="A directory of definitions (default: URBIS_SOURCES_DIR, else the state store).",
+    ),
 ]
 
 

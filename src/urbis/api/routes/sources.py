@@ -28,7 +28,8 @@ SCHEDULER_PERIOD = 15.0  # seconds between two looks at the sources' schedules
 
 
 def build_manager(state: AppState) -> SyncManager:
-    """The deployment's connector manager (URBIS_SOURCES_DIR, state under URBIS_DATA_DIR)."""
+    """The deployment's connector manager: definitions and state in the state store
+    (definitions in URBIS_SOURCES_DIR instead when it is set)."""
     settings = state.settings
     return SyncManager(
         state.twin,
