@@ -87,7 +87,7 @@ def add(
     sources_dir: SourcesDir = None,
     replace: Annotated[bool, typer.Option(help="Replace a source with the same id.")] = False,
 ) -> None:
-    """Validate a definition and copy it into the sources directory."""
+    """Validate a definition and keep it in the state store (or copy it into --sources-dir)."""
     catalog = _catalog(_settings(data_dir, sources_dir))
     try:
         source = catalog.read(file)
