@@ -4,9 +4,12 @@ routes (`GET /datasets`, `GET /datasets/{name}/dump`)."""
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +123,7 @@ def test_all_tenants_into_a_directory_and_back(twin_dir: Path, tmp_path: Path) -
         "export", str(out), "--all-tenants", "--format", "trig", "--data-dir", str(twin_dir)
     )
     assert exported.returncode == 0, exported.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["_default.trig", "other.trig"]
+    assert sorted(p.name for p in out.iterdir()) == ["_default.trig", "other.trig", "state.jsonl"]
     restored_dir = tmp_path / "restored"
     restored = urbis("restore", str(out), "--data-dir", str(restored_dir))
     assert restored.returncode == 0, restored.stderr
@@ -144,6 +147,182 @@ def test_trig_by_file_suffix(twin_dir: Path, tmp_path: Path) -> None:
     text = target.read_text()
     assert text.startswith("<urn:urbis:dataset:lights> {")
     assert len(list(parse(path=str(target), format=RdfFormat.TRIG))) > 300 * 4
+
+
+# -- the state beside the RDF -----------------------------------------------------------------
+
+LOOPBACK = ["127.0.0.1"]  # the receiver and the registered source are on loopback
+SENSOR = "urn:ngsi-ld:Sensor:1"
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, queue.Queue[Any]]]:
+    """A real HTTP server on loopback that keeps every notification POSTed to it."""
+    inbox: queue.Queue[Any] = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            inbox.put(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/notify", inbox
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def city_app(data: Path) -> TestClient:
+    settings = Settings(
+        data_dir=data,
+        admin_token=TOKEN,
+        demo=False,
+        outbound_allow=LOOPBACK,
+        sources_scheduler=False,
+    )
+    return TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def state_seen(client: TestClient, context_id: str) -> dict[str, Any]:
+    """What a client sees of the state: subscriptions, registrations, a context, sources."""
+
+    def ok(path: str, **params: str) -> Any:
+        answer = client.get(path, params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    context = ok(f"{NGSI}/jsonldContexts/{context_id}", details="true")
+    return {
+        "subscriptions": ok(f"{NGSI}/subscriptions", options="sysAttrs"),
+        "registrations": ok(f"{NGSI}/csourceRegistrations", options="sysAttrs"),
+        "context": ok(f"{NGSI}/jsonldContexts/{context_id}"),
+        "context kind": (context["kind"], context["createdAt"]),
+        "sources": [s["id"] for s in ok("/sources")],
+        "report": ok("/sources/lights/report"),
+        "quarantine": ok("/sources/lights/quarantine"),
+    }
+
+
+def test_the_state_comes_back_with_the_twin(
+    tmp_path: Path, receiver: tuple[str, queue.Queue[Any]]
+) -> None:
+    endpoint, inbox = receiver
+    data = tmp_path / "twin"
+    lights = tmp_path / "lights.csv"
+    lights.write_text("ref,lat,lon,h\n1,43.61,3.87,8\n2,43.62,3.88,9\n3,43.63,3.89,x\n")
+    with city_app(data) as client:
+        sensor = {"id": SENSOR, "type": "Sensor", "temperature": {"type": "Property", "value": 20}}
+        assert client.post(f"{NGSI}/entities", json=sensor).status_code == 201
+        subscription = {
+            "type": "Subscription",
+            "entities": [{"type": "Sensor"}],
+            "notification": {"endpoint": {"uri": endpoint}},
+        }
+        assert client.post(f"{NGSI}/subscriptions", json=subscription).status_code == 201
+        registration = {
+            "id": "urn:ngsi-ld:ContextSourceRegistration:vendor",
+            "type": "ContextSourceRegistration",
+            "information": [{"entities": [{"type": "WasteContainer"}]}],
+            "endpoint": "http://127.0.0.1:9",
+        }
+        assert client.post(f"{NGSI}/csourceRegistrations", json=registration).status_code == 201
+        hosted = client.post(
+            f"{NGSI}/jsonldContexts", json={"@context": {"speed": "https://example.org/speed"}}
+        )
+        assert hosted.status_code == 201, hosted.text
+        context_id = hosted.headers["location"].rsplit("/", 1)[1]
+        source = {
+            "id": "lights",
+            "kind": "file",
+            "endpoint": str(lights),
+            "entity_type": "Streetlight",
+            "key": "ref",
+            "id_template": "urn:ngsi-ld:Streetlight:{key}",
+            "mapping": [{"source": "h", "attribute": "height", "convert": "int"}],
+        }
+        assert client.post("/sources", json=source).status_code == 201
+        first = client.post("/sources/lights/sync").json()
+        assert (first["status"], first["created"], first["quarantined"]) == ("ok", 2, 1)
+        before = state_seen(client, context_id)
+    assert len(before["subscriptions"]) == 1 and len(before["registrations"]) == 1
+
+    backup = tmp_path / "backup"
+    exported = urbis("export", str(backup), "--all-tenants", "--data-dir", str(data))
+    assert exported.returncode == 0, exported.stderr
+    assert b"exported the state" in exported.stderr
+    restored = tmp_path / "restored"
+    loaded = urbis("restore", str(backup), "--data-dir", str(restored))
+    assert loaded.returncode == 0, loaded.stderr
+    assert b"restored the state" in loaded.stderr
+
+    with city_app(restored) as client:
+        assert state_seen(client, context_id) == before
+        again = client.post("/sources/lights/sync").json()
+        assert again["status"] == "ok" and again["full"] is False  # the file's cursor is back
+        assert (again["created"], again["updated"], again["removed"]) == (0, 0, 0)
+        changed = {"temperature": {"type": "Property", "value": 31}}
+        patched = client.patch(f"{NGSI}/entities/{SENSOR}/attrs", json=changed)
+        assert patched.status_code == 204, patched.text
+        notified = inbox.get(timeout=10)
+        assert notified["subscriptionId"] == before["subscriptions"][0]["id"]
+        assert notified["data"][0]["temperature"]["value"] == 31
+
+
+def test_restoring_the_state_is_all_or_nothing_and_old_exports_still_restore(
+    twin_dir: Path, tmp_path: Path
+) -> None:
+    dump = tmp_path / "backup.nq"
+    exported = urbis("export", str(dump), "--data-dir", str(twin_dir))
+    assert exported.returncode == 0, exported.stderr
+    state_file = tmp_path / "backup.state.jsonl"
+    lines = state_file.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[0])["urbisState"] == 1 and json.loads(lines[-1])["end"]
+
+    state_file.write_bytes(b"".join(lines[:-1]))  # cut short: refused before anything is written
+    retried = tmp_path / "retried"
+    refused = urbis("restore", str(dump), "--data-dir", str(retried))
+    assert refused.returncode == 1 and b"cut short" in refused.stderr
+    state_file.write_bytes(b"".join(lines))  # the whole file: the same directory takes it
+    again = urbis("restore", str(dump), "--data-dir", str(retried))
+    assert again.returncode == 0, again.stderr  # neither "already holds data" nor "... state"
+    assert len(api_entities(retried)) == 300
+
+    state_file.unlink()  # an export written before the state was part of it: RDF only
+    old = tmp_path / "old"
+    restored = urbis("restore", str(dump), "--data-dir", str(old))
+    assert restored.returncode == 0, restored.stderr
+    assert b"restored the state" not in restored.stderr
+    assert len(api_entities(old)) == 300
+
+
+def test_a_data_directory_that_holds_state_is_not_restored_into(
+    twin_dir: Path, tmp_path: Path
+) -> None:
+    backup = tmp_path / "backup"
+    assert (
+        urbis("export", str(backup), "--all-tenants", "--data-dir", str(twin_dir)).returncode == 0
+    )
+    target = tmp_path / "busy"
+    with city_app(target) as client:
+        hosted = client.post(f"{NGSI}/jsonldContexts", json={"@context": {"a": "https://a.org/a"}})
+        assert hosted.status_code == 201
+    refused = urbis("restore", str(backup), "--data-dir", str(target))
+    assert refused.returncode == 1 and b"already holds state" in refused.stderr
+    assert not (target / "tenants").exists() or api_entities_count(target) == 0
+
+
+def api_entities_count(data: Path) -> int:
+    with city_app(data) as client:
+        found = client.get(f"{NGSI}/entities", params={"type": "Streetlight", "limit": 1000})
+        assert found.status_code == 200, found.text
+        return len(found.json())
 
 
 # -- the API ---------------------------------------------------------------------------------

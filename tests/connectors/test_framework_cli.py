@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from urbis.cli.main import app
+from urbis.connectors.sources import SourceCatalog
+from urbis.connectors.sync import SyncState
+from urbis.twin.state import open_state_store
 
 runner = CliRunner()
 
@@ -25,8 +27,8 @@ def test_add_list_sync_quarantine(tmp_path: Path) -> None:
         app, ["sources", "add", str(tmp_path / "lights.toml"), "--data-dir", str(data)]
     )
     assert added.exit_code == 0, added.output
-    saved = (data / "sources" / "lights.toml").read_text()
-    assert str(tmp_path / "lights.csv") in saved  # relative endpoint anchored
+    saved = SourceCatalog(open_state_store(data)).home.text("lights")
+    assert saved is not None and str(tmp_path / "lights.csv") in saved[1]  # endpoint anchored
     refused = runner.invoke(
         app, ["sources", "add", str(tmp_path / "bad.toml"), "--data-dir", str(data)]
     )
@@ -39,7 +41,7 @@ def test_add_list_sync_quarantine(tmp_path: Path) -> None:
     assert row.split("│")[3].strip() == "1"  # created
     quarantined = runner.invoke(app, ["sources", "quarantine", "lights", "--data-dir", str(data)])
     assert "cannot convert 'x' to int" in quarantined.output
-    report = json.loads((data / "connectors" / "lights" / "report.json").read_text())
+    report = SyncState(open_state_store(data)).get("lights", "report")
     assert report["created"] == 1 and report["quarantined"] == 1
     missing = runner.invoke(app, ["sync", "nosuch", "--data-dir", str(data)])
     assert missing.exit_code == 1 and "nosuch" in missing.output

@@ -31,7 +31,14 @@ from urbis.ontology.core_context import (
     core_context_document,
     is_core_context_url,
 )
-from urbis.twin.context import PACKAGED_CONTEXTS, ContextRegistry, ContextResolver, TermMap
+from urbis.twin.context import (
+    CONTEXTS,
+    PACKAGED_CONTEXTS,
+    ContextRegistry,
+    ContextResolver,
+    TermMap,
+    import_legacy_contexts,
+)
 from urbis.twin.errors import (
     BadRequestData,
     LdContextNotAvailable,
@@ -39,6 +46,7 @@ from urbis.twin.errors import (
     ResourceNotFound,
 )
 from urbis.twin.outbound import FETCH_FAILED, OutboundGuard
+from urbis.twin.state import import_once, open_state_store
 
 LOOPBACK = OutboundGuard(allow_loopback=True)  # as `urbis serve --open`
 REFERENCE = Path("/work/shared/reference")
@@ -657,16 +665,17 @@ def test_cached_contexts_are_not_served(site: Site, resolver: ContextResolver) -
 
 
 def test_registry_persistence(tmp_path: Path) -> None:
-    registry = ContextRegistry(tmp_path, packaged=None)
+    registry = ContextRegistry(open_state_store(tmp_path), packaged=None)
     hosted = registry.add({"@context": {"a": EX + "a"}})
     implicit = registry.add_implicit({"b": EX + "b"})
-    reloaded = ContextRegistry(tmp_path, packaged=None)
+    reloaded = ContextRegistry(open_state_store(tmp_path), packaged=None)
     assert reloaded.get(hosted) == {"@context": {"a": EX + "a"}}
     assert reloaded.details(implicit)["kind"] == "ImplicitlyCreated"
     assert reloaded.details(hosted)["createdAt"] == registry.details(hosted)["createdAt"]
     reloaded.delete(hosted)
-    assert not (tmp_path / f"{hosted}.json").exists()
-    assert {i["localId"] for i in ContextRegistry(tmp_path, packaged=None).list(True)} == {implicit}
+    assert open_state_store(tmp_path).get(CONTEXTS, "", hosted) is None
+    again = ContextRegistry(open_state_store(tmp_path), packaged=None)
+    assert {i["localId"] for i in again.list(True)} == {implicit}
 
 
 def test_packaged_contexts(tmp_path: Path) -> None:
@@ -685,11 +694,11 @@ def test_broken_packaged_context_fails_at_start(tmp_path: Path) -> None:
     (tmp_path / "broken.jsonld").write_text("{not json")
     with pytest.raises(ValueError, match=re.escape("broken.jsonld")):
         ContextRegistry(packaged=tmp_path)
-    store = tmp_path / "store"
-    store.mkdir()
-    (store / "x.json").write_text(json.dumps({"@context": {}, "kind": "Cached"}))
+    old_files = tmp_path / "contexts"  # the registry's files before the state store
+    old_files.mkdir()
+    (old_files / "x.json").write_text(json.dumps({"@context": {}, "kind": "Cached"}))
     with pytest.raises(ValueError, match="not an @context stored"):
-        ContextRegistry(store, packaged=None)
+        import_once(open_state_store(tmp_path), "contexts", old_files, import_legacy_contexts)
 
 
 @pytest.mark.skipif(

@@ -28,6 +28,7 @@ from urbis.twin.entities import EntityService
 from urbis.twin.errors import BadRequestData, Unauthorized
 from urbis.twin.model import EntityReader
 from urbis.twin.outbound import OutboundGuard
+from urbis.twin.state import StateStore, memory_state_store
 from urbis.twin.store.base import DEFAULT_TENANT, check_tenant
 from urbis.twin.terms import Terms
 
@@ -74,6 +75,8 @@ class AppState:
     live: LiveManager  # live sources: MQTT, NGSI-LD (connectors/live.py)
     # What each caller may read (twin/access.py): every read path asks it; allow-all by default.
     access: AccessPolicy = field(default_factory=AllowAll)
+    # Everything kept beside the twin (twin/state): one store, opened once, closed at shutdown.
+    durable: StateStore = field(default_factory=memory_state_store)
 
     def reader(self, terms: Terms, *, now: str | None = None) -> EntityReader:
         """Reads request entities with this deployment's checks (service area)."""

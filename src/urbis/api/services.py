@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from urbis.api.deps import AppState, well_formed_token
+from urbis.api.durable_state import open_durable_state
 from urbis.api.settings import Settings
 from urbis.connectors.live import LiveManager
 from urbis.connectors.registry import ConnectorRegistry
@@ -87,6 +88,9 @@ class Services:
         except BaseException:
             if backend is None:  # ours: nothing may keep its files or connections open
                 self.backend.close()
+            durable = getattr(self, "durable", None)
+            if durable is not None:
+                durable.close()
             raise
         self._stack: AsyncExitStack | None = None
 
@@ -94,8 +98,10 @@ class Services:
         self, settings: Settings, token: SecretStr | None, connectors: ConnectorRegistry | None
     ) -> None:
         data_dir = settings.data_dir
+        # Subscriptions, registrations, hosted contexts, sources and their sync state (twin/state).
+        self.durable = open_durable_state(settings)
         self.twin = Twin(self.backend, max_scan=settings.max_scan)
-        self.registry = ContextRegistry(data_dir / "contexts" if data_dir else None)
+        self.registry = ContextRegistry(self.durable)
         self.outbound = OutboundGuard.from_settings(settings)  # for every server-side fetch
         self.resolver = ContextResolver(
             fetch_timeout=settings.context_fetch_timeout,
@@ -105,9 +111,8 @@ class Services:
             registry=self.registry,
             guard=self.outbound,
         )
-        # Subscriptions live in <data dir>/subscriptions/, or in memory with the twin.
         self.notifier = Notifier(
-            SubscriptionStore(data_dir / "subscriptions" if data_dir else None),
+            SubscriptionStore(self.durable),
             self.resolver.resolve,
             queue_size=settings.notification_queue_size,
             timeout=settings.notification_timeout,
@@ -115,7 +120,7 @@ class Services:
             guard=self.outbound,
             access=self.access,
         )
-        self.registrations = RegistrationStore(data_dir / "registrations" if data_dir else None)
+        self.registrations = RegistrationStore(self.durable)
         self.federation = Federation(
             self.registrations,
             self.resolver,
@@ -124,7 +129,8 @@ class Services:
             timeout=settings.federation_timeout,
             max_window=settings.federation_max_window,
         )
-        # Connectors: definitions in URBIS_SOURCES_DIR, their state under URBIS_DATA_DIR.
+        # Connectors: definitions and sync state in the state store (definitions in
+        # URBIS_SOURCES_DIR instead when it is set).
         self.sources = SyncManager(
             self.twin,
             self.resolver,
@@ -134,6 +140,7 @@ class Services:
             registry=connectors,
             area=settings.area(),
             guard=self.outbound,
+            state=self.durable,
         )
         self.live = LiveManager(self.sources)  # live sources: MQTT, NGSI-LD
         self.state = AppState(
@@ -149,6 +156,7 @@ class Services:
             sources=self.sources,
             live=self.live,
             access=self.access,
+            durable=self.durable,
         )
 
     # -- start and stop ---------------------------------------------------------------------
@@ -183,6 +191,7 @@ class Services:
     async def _start(self, stack: AsyncExitStack) -> None:
         settings = self.settings
         # Callbacks run last-in first-out: the twin closes last, after everything using it.
+        stack.push_async_callback(asyncio.to_thread, self.durable.close)
         stack.push_async_callback(asyncio.to_thread, self.twin.close)
         stack.push_async_callback(self.federation.aclose)
         if settings.open:

@@ -112,7 +112,9 @@ class Settings(BaseSettings):
 
     # -- connectors (connectors/) ----------------------------------------------------------
     sources_dir: Path | None = Field(
-        default=None, description="Source definitions (TOML); default: <data dir>/sources."
+        default=None,
+        description="A directory of source definitions (<id>.toml) to use instead of the "
+        "state store (<data dir>/state.sqlite3).",
     )
     sources_scheduler: bool = Field(
         default=True, description="Run the sources' scheduled syncs in the background."

@@ -10,6 +10,10 @@ into an empty twin gives back the same entities: the spatial index is rebuilt fr
 The operator reads through the access port too (twin/access.py, `OPERATOR`): with the default
 policy that is everything; a policy that keeps graphs from the operator keeps them out of the
 export as well.
+A whole-tenant export to a file or directory also writes the deployment's state (twin/state:
+subscriptions, registrations, hosted contexts, sources, their sync state and quarantine) as
+JSON Lines beside the RDF: `FILE` gets `<stem>.state.jsonl`, a directory `state.jsonl`.
+`restore` loads it with the RDF; an export without one (older versions) restores as before.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from pyoxigraph import Quad, RdfFormat, parse
@@ -28,11 +32,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from urbis.twin.access import ALLOW_ALL, OPERATOR, AccessPolicy, ReadScope
 from urbis.twin.dumps import CHUNK_QUADS, FORMATS, serialized
+from urbis.twin.errors import NgsiLdError
 from urbis.twin.rdf import dataset_graph
+from urbis.twin.state import StateItem, StateNotEmpty, StateStore, StoredDocument
+from urbis.twin.state.legacy import IMPORTS
+from urbis.twin.state.lines import StateFileError, read_lines, write_lines
 from urbis.twin.store.base import DEFAULT_TENANT, StoreBackend, TenantStore, check_tenant
+
+if TYPE_CHECKING:
+    from urbis.api.settings import Settings
 
 _SUFFIXES = {suffix: name for name, (_, _, suffix) in FORMATS.items()} | {".nquads": "nquads"}
 DEFAULT_TENANT_FILE = "_default"  # file stem of the default tenant in an --all-tenants export
+STATE_FILE = "state.jsonl"  # the state in an --all-tenants directory
+STATE_SUFFIX = ".state.jsonl"  # the state beside a one-file export: backup.nq -> backup.state.jsonl
 
 DataDir = Annotated[
     Path | None,
@@ -41,6 +54,13 @@ DataDir = Annotated[
 Format = Annotated[
     str | None,
     typer.Option("--format", help="nquads or trig (default: from the file suffix, else nquads)."),
+]
+NoState = Annotated[
+    bool,
+    typer.Option(
+        "--no-state",
+        help="Leave out the state (subscriptions, registrations, contexts, sources, sync state).",
+    ),
 ]
 
 
@@ -68,11 +88,16 @@ def format_for(path: Path | None, name: str | None) -> str:
     return "nquads"
 
 
-def _backend(data_dir: Path | None) -> StoreBackend:
-    from urbis.api.services import build_backend
+def _settings(data_dir: Path | None) -> Settings:
     from urbis.api.settings import Settings
 
-    settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
+    return Settings() if data_dir is None else Settings(data_dir=data_dir)
+
+
+def _backend(data_dir: Path | None) -> StoreBackend:
+    from urbis.api.services import build_backend
+
+    settings = _settings(data_dir)
     if settings.store == "oxigraph" and settings.data_dir is None:
         typer.secho("needs --data-dir (or URBIS_DATA_DIR)", fg="red", err=True)
         raise typer.Exit(2)
@@ -165,8 +190,10 @@ def export(
         str | None, typer.Option(help="Only this dataset (graph urn:urbis:dataset:NAME).")
     ] = None,
     rdf_format: Format = None,
+    no_state: NoState = False,
 ) -> None:
-    """Write the twin (a tenant, every tenant, or one dataset) as N-Quads or TriG, streamed."""
+    """Write the twin (a tenant, every tenant, or one dataset) as N-Quads or TriG, streamed,
+    and the deployment's state beside a whole-tenant export."""
     fmt = format_for(output, rdf_format)
     graph = dataset_graph(dataset) if dataset is not None else None
     backend = _backend(data_dir)
@@ -195,6 +222,59 @@ def export(
             typer.secho(f"exported {written} quads of {label}", err=True)
     finally:
         backend.close()
+    if dataset is None and not no_state:
+        _export_state(data_dir, _state_target(output, all_tenants))
+
+
+def state_file_of(export_file: Path) -> Path:
+    """Where a one-file export keeps its state: backup.nq -> backup.state.jsonl."""
+    return export_file.with_name(export_file.stem + STATE_SUFFIX)
+
+
+def _state_target(output: Path | None, all_tenants: bool) -> Path | None:
+    if all_tenants:
+        assert output is not None
+        return output / STATE_FILE
+    if output is None or str(output) == "-":
+        return None
+    return state_file_of(output)
+
+
+def _open_state(data_dir: Path | None) -> StateStore | None:
+    from urbis.api.durable_state import open_durable_state
+
+    settings = _settings(data_dir)
+    return open_durable_state(settings) if settings.data_dir is not None else None
+
+
+def _exported(store: StateStore) -> Iterator[StateItem]:
+    """The dump without the import markers: they describe this directory, not its state."""
+    for item in store.dump():
+        if not (isinstance(item, StoredDocument) and item.collection == IMPORTS):
+            yield item
+
+
+def _export_state(data_dir: Path | None, target: Path | None) -> None:
+    if target is None:
+        typer.secho(
+            "the state (subscriptions, registrations, contexts, sources) is not written to "
+            "standard output: export to a FILE to back it up too",
+            fg="yellow",
+            err=True,
+        )
+        return
+    store = _open_state(data_dir)
+    if store is None:
+        typer.secho("no data directory: the state is in memory, none exported", err=True)
+        return
+    try:
+        with _output(target) as out:
+            documents, records = write_lines(_exported(store), out)
+    finally:
+        store.close()
+    typer.secho(
+        f"exported the state ({documents} documents, {records} records) to {target}", err=True
+    )
 
 
 def _restore_plan(files: list[Path], tenant: str | None) -> list[tuple[Path, str]]:
@@ -220,13 +300,16 @@ def restore(
         str | None, typer.Option(help="Tenant to restore a file into (default: the default one).")
     ] = None,
     rdf_format: Format = None,
+    no_state: NoState = False,
 ) -> None:
-    """Load an export into an empty twin (refuses a tenant that already holds data)."""
+    """Load an export into an empty twin (refuses a tenant that already holds data), and the
+    state exported beside it into an empty state store."""
     missing = [str(p) for p in files if not p.exists()]
     if missing:
         typer.secho(f"no such file: {', '.join(missing)}", fg="red", err=True)
         raise typer.Exit(2)
     plan = _restore_plan(files, tenant)
+    state_file = None if no_state else _state_file(files)
     backend = _backend(data_dir)
     try:
         for name in dict.fromkeys(n for _, n in plan):
@@ -238,6 +321,8 @@ def restore(
                     err=True,
                 )
                 raise typer.Exit(1)
+        if state_file is not None:
+            _restore_state(data_dir, state_file)
         with _progress() as progress:
             for path, name in plan:
                 store = backend.tenant(name, create=True)
@@ -258,3 +343,52 @@ def restore(
     finally:
         backend.close()
     typer.secho(f"restored {len(plan)} file(s)", err=True)
+
+
+def _state_file(files: list[Path]) -> Path | None:
+    """The state exported beside these exports; more than one cannot be merged."""
+    found = [
+        candidate
+        for candidate in (p / STATE_FILE if p.is_dir() else state_file_of(p) for p in files)
+        if candidate.is_file()
+    ]
+    if len(found) > 1:
+        typer.secho(
+            f"several state files ({', '.join(map(str, found))}): restore one export with its "
+            "state, the others with --no-state",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return found[0] if found else None
+
+
+def _restore_state(data_dir: Path | None, state_file: Path) -> None:
+    """All of the state file or none of it (one transaction), into an empty state store."""
+    store = _open_state(data_dir)
+    if store is None:
+        typer.secho(
+            f"restoring the state in {state_file} needs --data-dir (or URBIS_DATA_DIR); "
+            "or leave it out with --no-state",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        with state_file.open("rb") as lines:
+            count = store.load(read_lines(lines, str(state_file)))
+    except StateNotEmpty:
+        typer.secho(
+            f"{store.location} already holds state (subscriptions, sources...): restore into "
+            "an empty twin (a new --data-dir)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    except (StateFileError, NgsiLdError) as error:
+        detail = error.detail if isinstance(error, NgsiLdError) else str(error)
+        typer.secho(f"not a valid state file: {detail}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.secho(f"restored the state ({count} items) from {state_file}", err=True)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from urbis.api.durable_state import open_durable_state
 from urbis.api.settings import Settings
 from urbis.connectors.definition import DefinitionError, SourceDefinition, to_toml
 from urbis.connectors.registry import default_registry
@@ -32,7 +33,10 @@ DataDir = Annotated[
 ]
 SourcesDir = Annotated[
     Path | None,
-    typer.Option("--sources-dir", help="Definitions (default: URBIS_SOURCES_DIR or DATA/sources)."),
+    typer.Option(
+        "--sources-dir",
+        help="A directory of definitions (default: URBIS_SOURCES_DIR, else the state store).",
+    ),
 ]
 
 
@@ -46,13 +50,17 @@ def _settings(data_dir: Path | None, sources_dir: Path | None) -> Settings:
 
 
 def _catalog(settings: Settings) -> SourceCatalog:
-    directory = settings.sources_dir or (
-        settings.data_dir / "sources" if settings.data_dir else None
-    )
-    if directory is None:
+    """The TOML files of --sources-dir, else the definitions in the data directory's state."""
+    if settings.sources_dir is not None:
+        return SourceCatalog(directory=settings.sources_dir, check=default_registry().check)
+    if settings.data_dir is None:
         typer.secho("needs --data-dir or --sources-dir (or URBIS_DATA_DIR)", fg="red", err=True)
         raise typer.Exit(2)
-    return SourceCatalog(directory, check=default_registry().check)
+    return SourceCatalog(
+        open_durable_state(settings),
+        check=default_registry().check,
+        legacy_dir=settings.data_dir / "sources",
+    )
 
 
 def _fail(error: DefinitionError) -> None:
@@ -79,7 +87,7 @@ def add(
     sources_dir: SourcesDir = None,
     replace: Annotated[bool, typer.Option(help="Replace a source with the same id.")] = False,
 ) -> None:
-    """Validate a definition and copy it into the sources directory."""
+    """Validate a definition and keep it in the state store (or copy it into --sources-dir)."""
     catalog = _catalog(_settings(data_dir, sources_dir))
     try:
         source = catalog.read(file)
@@ -92,7 +100,7 @@ def add(
     anchored = _anchored(source, file.resolve().parent)
     text = file.read_text(encoding="utf-8") if anchored is source else to_toml(anchored)
     path = catalog.save(anchored, text=text)
-    typer.echo(f"added {source.id} ({source.kind}) -> {path}")
+    typer.echo(f"added {source.id} ({source.kind}) -> {path or catalog.location}")
 
 
 @sources_app.command("list")
@@ -100,7 +108,7 @@ def list_sources(data_dir: DataDir = None, sources_dir: SourcesDir = None) -> No
     """The sources, their kind, schedule and last sync; invalid files with their errors."""
     settings = _settings(data_dir, sources_dir)
     catalog = _catalog(settings)
-    state = SyncState(settings.data_dir / "connectors" if settings.data_dir else None)
+    state = SyncState(open_durable_state(settings) if settings.data_dir else None)
     table = Table("id", "kind", "entity type", "schedule", "last sync", "status")
     for source in catalog.list():
         data = state.get(source.id, "report")
@@ -142,7 +150,7 @@ def quarantine(
     if settings.data_dir is None:
         typer.secho("needs --data-dir (or URBIS_DATA_DIR)", fg="red", err=True)
         raise typer.Exit(2)
-    store = Quarantine(settings.data_dir / "connectors")
+    store = Quarantine(open_durable_state(settings))
     if clear:
         typer.echo(f"cleared {store.clear(source)} entries of {source}")
         return

@@ -2,21 +2,25 @@
 
 Bad records never stop a sync and are never dropped silently. Each run replaces its source's
 quarantine with what it found (a fixed record leaves it), except an incremental run, which
-only adds or replaces entries by record key. Stored as JSON lines under
-`<data dir>/connectors/<source>/quarantine.jsonl`, or in memory.
+only adds or replaces entries by record key. Stored as an append log of the state store per
+source (`quarantine/<source>`): a full run trims the log and appends its entries, an
+incremental run (and a live source's flush) only appends, and reading folds the log (the
+entries of a later batch replace earlier ones with the same key). When dead entries outnumber
+live ones, the log is rewritten in the same transaction, so it stays bounded.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import threading
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from itertools import groupby
 from typing import Any
 
 from urbis.connectors.base import Feature, NgsiEntity, Record
+from urbis.twin.state import LogRecord, StateStore, memory_state_store
 
 MAX_RAW_CHARS = 4096
 
@@ -62,17 +66,37 @@ def record_key(record: Record | Any) -> str | None:
     return None
 
 
+BATCH = "batch"  # member of each log record: the write it came with (one replace call)
+_COMPACT_SLACK = 64  # dead records tolerated before a log is rewritten whatever its size
+
+
+def quarantine_log(source: str) -> str:
+    return f"quarantine/{source}"
+
+
+def quarantine_record(entry: QuarantineEntry, batch: str) -> dict[str, Any]:
+    return {BATCH: batch, **entry.to_dict()}
+
+
+def _entry(record: dict[str, Any]) -> QuarantineEntry:
+    return QuarantineEntry(**{k: v for k, v in record.items() if k != BATCH})
+
+
+def _fold(records: Iterable[LogRecord]) -> builtins.list[QuarantineEntry]:
+    """The entries a log holds now: each batch replaces earlier entries with its keys."""
+    entries: builtins.list[QuarantineEntry] = []
+    for _, group in groupby(records, key=lambda r: r.record.get(BATCH)):
+        batch = [_entry(r.record) for r in group]
+        keys = {e.key for e in batch}
+        entries = [e for e in entries if e.key not in keys] + batch
+    return entries
+
+
 class Quarantine:
-    """Per-source quarantined records, persisted as JSON lines (or in memory)."""
+    """Per-source quarantined records, in the state store (memory when none is given)."""
 
-    def __init__(self, directory: Path | None) -> None:
-        """`directory`: where per-source folders go (`<data dir>/connectors`); None: memory."""
-        self.directory = directory
-        self._memory: dict[str, builtins.list[QuarantineEntry]] = {}
-        self._lock = threading.Lock()
-
-    def _path(self, source: str) -> Path | None:
-        return self.directory / source / "quarantine.jsonl" if self.directory else None
+    def __init__(self, state: StateStore | None = None) -> None:
+        self.state = state if state is not None else memory_state_store()
 
     def list(
         self, source: str, *, limit: int | None = None, offset: int = 0
@@ -84,37 +108,26 @@ class Quarantine:
         return len(self._read(source))
 
     def _read(self, source: str) -> builtins.list[QuarantineEntry]:
-        path = self._path(source)
-        if path is None:
-            return list(self._memory.get(source, []))
-        if not path.is_file():
-            return []
-        with path.open(encoding="utf-8") as f:
-            return [QuarantineEntry(**json.loads(line)) for line in f if line.strip()]
+        return _fold(self.state.read(quarantine_log(source), ""))
 
     def replace(self, source: str, entries: Iterable[QuarantineEntry], *, merge: bool) -> None:
         """Store a run's entries: all of them (full run) or merged by key (incremental run)."""
-        new = list(entries)
-        with self._lock:
+        batch = uuid.uuid4().hex
+        records = [quarantine_record(e, batch) for e in entries]
+        log = quarantine_log(source)
+        with self.state.transaction() as tx:
+            if not merge:
+                tx.trim(log, "")
+            tx.append(log, "", records)
             if merge:
-                keys = {e.key for e in new}
-                new = [e for e in self._read(source) if e.key not in keys] + new
-            self._write(source, new)
+                stored = tx.read(log, "")
+                live = _fold(stored)
+                if len(stored) > 2 * len(live) + _COMPACT_SLACK:
+                    tx.trim(log, "")
+                    tx.append(log, "", [quarantine_record(e, batch) for e in live])
 
     def clear(self, source: str) -> int:
-        with self._lock:
-            count = len(self._read(source))
-            self._write(source, [])
+        with self.state.transaction() as tx:
+            count = len(_fold(tx.read(quarantine_log(source), "")))
+            tx.trim(quarantine_log(source), "")
             return count
-
-    def _write(self, source: str, entries: builtins.list[QuarantineEntry]) -> None:
-        path = self._path(source)
-        if path is None:
-            self._memory[source] = entries
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for entry in entries:
-                f.write(json.dumps(entry.to_dict(), ensure_ascii=False, default=str) + "\n")
-        tmp.replace(path)

@@ -51,6 +51,7 @@ from urbis.twin.outbound import OutboundGuard
 from urbis.twin.provenance import DatasetInfo, SyncRun, describe_dataset, record_run
 from urbis.twin.query.sparql import iri
 from urbis.twin.rdf import dump_document, load_document
+from urbis.twin.state import StateStore, memory_state_store, open_state_store
 from urbis.twin.terms import Terms
 
 log = logging.getLogger("urbis.connectors")
@@ -104,42 +105,30 @@ class LiveSource(SourceBusy):
 # -- per-source state: cursor, journal, last report, tombstones -------------------------------
 
 
+SYNC_STATE = "connector-state"  # the state store's collection: key "<source>/<name>"
+
+
+def sync_state_key(source: str, name: str) -> str:
+    return f"{source}/{name}"
+
+
 class SyncState:
-    """What the framework keeps per source between runs (files, or memory)."""
+    """What the framework keeps per source between runs (cursor, journal, report, tombstones,
+    live report): JSON objects in the state store, each written in one transaction."""
 
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
-        self._memory: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
-
-    def _path(self, source: str, name: str) -> Path | None:
-        return self.directory / source / f"{name}.json" if self.directory else None
+    def __init__(self, state: StateStore | None = None) -> None:
+        self.state = state if state is not None else memory_state_store()
 
     def get(self, source: str, name: str) -> Any:
-        path = self._path(source, name)
-        if path is None:
-            return self._memory.get((source, name))
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
+        return self.state.get(SYNC_STATE, "", sync_state_key(source, name))
 
-    def put(self, source: str, name: str, value: Any) -> None:
-        path = self._path(source, name)
-        with self._lock:
-            if path is None:
-                if value is None:
-                    self._memory.pop((source, name), None)
-                else:
-                    self._memory[(source, name)] = value
-                return
-            if value is None:
-                path.unlink(missing_ok=True)
-                return
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(value, ensure_ascii=False, default=str), encoding="utf-8")
-            tmp.replace(path)  # atomic: a crash leaves the old or the new state, never half
+    def put(self, source: str, name: str, value: dict[str, Any] | None) -> None:
+        key = sync_state_key(source, name)
+        if value is None:
+            self.state.delete(SYNC_STATE, "", key)
+            return
+        # As the files were written: what JSON cannot say (a datetime) is kept as its text.
+        self.state.put(SYNC_STATE, "", key, json.loads(json.dumps(value, default=str)))
 
 
 # -- comparing documents ----------------------------------------------------------------------
@@ -531,22 +520,27 @@ class SyncManager:
         registry: ConnectorRegistry | None = None,
         area: tuple[float, float, float, float] | None = None,
         guard: OutboundGuard | None = None,
+        state: StateStore | None = None,
     ) -> None:
-        """Definitions in `sources_dir` (default <data_dir>/sources); state under
-        <data_dir>/connectors; everything in memory when `data_dir` is None. `guard`: where
-        connectors may connect (default: public addresses only)."""
+        """Definitions, sync state and quarantine in `state` (default: the store of
+        `data_dir`, in memory when it is None); definitions in the TOML files of
+        `sources_dir` instead when it is given. `guard`: where connectors may connect
+        (default: public addresses only)."""
         self.twin = twin
         self.guard = guard or OutboundGuard()
         self.resolver = resolver
         self.contexts = contexts
         self.registry = registry or default_registry()
         self.area = area
-        if sources_dir is None and data_dir is not None:
-            sources_dir = data_dir / "sources"
-        self.catalog = SourceCatalog(sources_dir, check=self.registry.check)
-        state_dir = data_dir / "connectors" if data_dir is not None else None
-        self.quarantine = Quarantine(state_dir)
-        self.state = SyncState(state_dir)
+        store = state if state is not None else open_state_store(data_dir)
+        self.catalog = SourceCatalog(
+            store,
+            directory=sources_dir,
+            check=self.registry.check,
+            legacy_dir=data_dir / "sources" if data_dir is not None else None,
+        )
+        self.quarantine = Quarantine(store)
+        self.state = SyncState(store)
         self._running: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 

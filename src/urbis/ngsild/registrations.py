@@ -3,8 +3,8 @@
 A registration tells the broker that another NGSI-LD endpoint holds some of the context
 information: which entities (id, idPattern, type) and attributes, in which mode (inclusive,
 exclusive, redirect, auxiliary) and for which operations. This module reads and validates
-registrations, stores them per tenant (a JSON file per tenant under the data directory, so they
-survive restarts; memory only when the twin is in memory) and decides which registrations apply
+registrations, stores them per tenant (in the state store, twin/state, so they survive restarts
+and crashes; in memory when the twin is) and decides which registrations apply
 to an entity query or retrieval. The forwarding itself (HTTP) lives in `api.federation`.
 
 Names (entity types, propertyNames, relationshipNames) are kept expanded, as entity documents
@@ -14,7 +14,6 @@ are, and compacted with the caller's @context when rendered.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -28,12 +27,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from urbis.twin.entities import EntityService
-from urbis.twin.errors import AlreadyExists, BadRequestData, ResourceNotFound
+from urbis.twin.errors import AlreadyExists, BadRequestData, NgsiLdError, ResourceNotFound
 from urbis.twin.model import check_datetime, check_name, check_uri, now_iso
 from urbis.twin.query.idpattern import compile_id_pattern
 from urbis.twin.query.plan import EntityQuery
 from urbis.twin.query.selector import EntitySelector
 from urbis.twin.query.typeexpr import TypeExpr, TypeName
+from urbis.twin.state import StateStore, StateTransaction, memory_state_store
 from urbis.twin.store.base import check_tenant
 from urbis.twin.terms import Terms
 
@@ -758,16 +758,19 @@ class _Tenant:
     stats: dict[str, RegistrationStats] = field(default_factory=dict)
 
 
-class RegistrationStore:
-    """Registrations per tenant: a JSON file each under `directory` (None: memory only).
+REGISTRATIONS = "registrations"  # the state store's collection, per tenant, keyed by id
 
-    The in-memory copy is the cache every query reads; each change writes the file first
-    (atomically: temporary file, then rename) and then replaces the cached entry, under one
-    lock, so the next query after a PATCH or DELETE sees the new state.
+
+class RegistrationStore:
+    """Registrations per tenant, in the state store (collection `registrations`).
+
+    The in-memory copy is the cache every query reads; each change is written to the store
+    first (one transaction) and then replaces the cached entry, under one lock, so the next
+    query after a PATCH or DELETE sees the new state and an acknowledged change survives a crash.
     """
 
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
+    def __init__(self, state: StateStore | None = None) -> None:
+        self.state = state if state is not None else memory_state_store()
         self._tenants: dict[str, _Tenant] = {}
         self._lock = threading.RLock()
 
@@ -848,35 +851,49 @@ class RegistrationStore:
                     self._tenants[tenant] = state
         return state
 
-    def _path(self, tenant: str) -> Path | None:
-        if self.directory is None:
-            return None
-        return self.directory / f"{tenant or '_default'}.json"
-
     def _load(self, tenant: str) -> dict[str, Registration]:
-        path = self._path(tenant)
-        if path is None or not path.exists():
-            return {}
-        stored = json.loads(path.read_text())
-        out: dict[str, Registration] = {}
-        reader = RegistrationReader(_IdentityTerms())
-        for doc in stored:
-            reg = reader._read(doc, doc["id"], expanded_terms=True)
-            out[reg.id] = replace(
-                reg, created_at=doc.get("createdAt", ""), modified_at=doc.get("modifiedAt", "")
-            )
-        return out
+        return {
+            reg.id: reg
+            for reg in (_stored(doc) for _, doc in self.state.list(REGISTRATIONS, tenant))
+        }
 
     def _save(self, tenant: str, registrations: dict[str, Registration]) -> None:
-        path = self._path(tenant)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            docs = []
-            for reg in registrations.values():
-                doc = render(reg, _IdentityTerms())
-                doc["createdAt"], doc["modifiedAt"] = reg.created_at, reg.modified_at
-                docs.append(doc)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(docs, indent=1))
-            os.replace(tmp, path)
+        """Writes what changed between the cached registrations and these, in one transaction."""
+        before = self._tenant(tenant).registrations
+        with self.state.transaction() as tx:
+            for reg_id in before.keys() - registrations.keys():
+                tx.delete(REGISTRATIONS, tenant, reg_id)
+            for reg_id, reg in registrations.items():
+                if before.get(reg_id) is not reg:
+                    tx.put(REGISTRATIONS, tenant, reg_id, _document(reg))
         self._tenant(tenant).registrations = registrations
+
+
+def _document(reg: Registration) -> Doc:
+    """A registration as stored: rendered in expanded terms, with its timestamps."""
+    doc = render(reg, _IdentityTerms())
+    doc["createdAt"], doc["modifiedAt"] = reg.created_at, reg.modified_at
+    return doc
+
+
+def _stored(doc: Doc) -> Registration:
+    reg = RegistrationReader(_IdentityTerms())._read(doc, doc["id"], expanded_terms=True)
+    return replace(reg, created_at=doc.get("createdAt", ""), modified_at=doc.get("modifiedAt", ""))
+
+
+def import_legacy_registrations(tx: StateTransaction, directory: Path) -> int:
+    """The store's files before the state store: `<data dir>/registrations/<tenant>.json`,
+    a JSON array of stored documents (`_default.json`: the default tenant)."""
+    count = 0
+    for path in sorted(directory.glob("*.json")):
+        tenant = "" if path.stem == "_default" else path.stem
+        try:
+            docs = json.loads(path.read_text())
+            for doc in docs:
+                _stored(doc)  # as a start read them: a bad one stops the import
+        except (OSError, ValueError, KeyError, TypeError, NgsiLdError) as error:
+            raise ValueError(f"cannot import the registrations file {path}: {error!r}") from None
+        for doc in docs:
+            tx.put(REGISTRATIONS, tenant, doc["id"], doc)
+            count += 1
+    return count

@@ -5,8 +5,8 @@ Three parts, each with one job:
 * the model: `parse_subscription` validates a Subscription (clause 5.2.12) into the stored body
   (the caller's own terms, kept as given) and `compile_filter` turns it into expanded IRIs for
   matching, with the subscription's @context;
-* `SubscriptionStore`: subscriptions per tenant, kept in memory and, with a data directory, in
-  one JSON file per tenant written atomically, so they survive a restart;
+* `SubscriptionStore`: subscriptions per tenant, kept in the state store (twin/state), so they
+  survive a restart and a crash, and served from memory;
 * `Notifier`: an `EntityService` listener only queues the committed change (bounded queue, never
   blocking a write); one background thread shows each changed entity to each subscription as
   its owner (who created it) may see it (the access port, twin/access.py), matches that
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import re
 import threading
@@ -47,6 +46,7 @@ from urbis.twin.query.matcher import EntityMatcher
 from urbis.twin.query.qlang import expand_q, parse_q
 from urbis.twin.query.selector import EntitySelector
 from urbis.twin.query.typeexpr import parse_types
+from urbis.twin.state import StateStore, StateTransaction, memory_state_store
 from urbis.twin.terms import Terms
 
 log = logging.getLogger("urbis")
@@ -474,25 +474,28 @@ class Subscription:
 # -- persistence ----------------------------------------------------------------------------
 
 
+SUBSCRIPTIONS = "subscriptions"  # the state store's collection, per tenant, keyed by id
+
+
 class SubscriptionStore:
-    """Subscriptions per tenant; with a directory, one JSON file per tenant, written atomically.
+    """Subscriptions per tenant, in the state store (collection `subscriptions`).
 
     Kept apart from the RDF store on purpose: subscriptions are configuration, not city data,
-    and must not show up in SPARQL or dumps of the twin.
+    and must not show up in SPARQL or dumps of the twin. Each tenant's subscriptions are read
+    once and then served from memory (the notifier asks on every write); every change is
+    written to the store before the copy in memory, so an acknowledged change survives a crash.
     """
 
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
+    def __init__(self, state: StateStore | None = None) -> None:
+        self.state = state if state is not None else memory_state_store()
         self._tenants: dict[str, dict[str, Subscription]] = {}
         self._lock = threading.RLock()
 
     def tenants(self) -> list[str]:
-        """Tenants that have subscriptions (on disk or in memory)."""
+        """Tenants that have subscriptions (stored or in memory)."""
         with self._lock:
             names = {t for t, subs in self._tenants.items() if subs}
-            if self.directory is not None and self.directory.is_dir():
-                for path in self.directory.glob("*.json"):
-                    names.add("" if path.stem == "_default" else path.stem)
+            names.update(self.state.tenants(SUBSCRIPTIONS))
             return sorted(names)
 
     def all(self, tenant: str) -> list[Subscription]:
@@ -513,61 +516,56 @@ class SubscriptionStore:
             subs = self._load(tenant)
             if sub.id in subs:
                 raise AlreadyExists(f"subscription {sub.id!r} already exists")
+            self.state.put(SUBSCRIPTIONS, tenant, sub.id, sub.to_json())
             subs[sub.id] = sub
-            self._save(tenant)
 
     def replace(self, tenant: str, sub: Subscription) -> None:
         with self._lock:
-            self._load(tenant)[sub.id] = sub
-            self._save(tenant)
+            subs = self._load(tenant)
+            self.state.put(SUBSCRIPTIONS, tenant, sub.id, sub.to_json())
+            subs[sub.id] = sub
 
     def delete(self, tenant: str, subscription_id: str) -> None:
         with self._lock:
             subs = self._load(tenant)
-            if subs.pop(subscription_id, None) is None:
+            if subscription_id not in subs:
                 raise ResourceNotFound(f"subscription {subscription_id!r} not found")
-            self._save(tenant)
+            self.state.delete(SUBSCRIPTIONS, tenant, subscription_id)
+            del subs[subscription_id]
 
     def flush(self) -> None:
-        """Write every loaded tenant (delivery counters change without a CRUD call)."""
-        with self._lock:
-            for tenant in list(self._tenants):
-                self._save(tenant)
-
-    def _path(self, tenant: str) -> Path | None:
-        if self.directory is None:
-            return None
-        return self.directory / f"{tenant or '_default'}.json"
+        """Write every loaded subscription (delivery counters change without a CRUD call)."""
+        with self._lock, self.state.transaction() as tx:
+            for tenant, subs in self._tenants.items():
+                for sub in subs.values():
+                    tx.put(SUBSCRIPTIONS, tenant, sub.id, sub.to_json())
 
     def _load(self, tenant: str) -> dict[str, Subscription]:
         subs = self._tenants.get(tenant)
-        if subs is not None:
-            return subs
-        subs = {}
-        path = self._path(tenant)
-        if path is not None and path.exists():
-            for raw in orjson.loads(path.read_bytes()):
+        if subs is None:
+            subs = {}
+            for _, raw in self.state.list(SUBSCRIPTIONS, tenant):
                 sub = Subscription.from_json(raw)
                 subs[sub.id] = sub
-        self._tenants[tenant] = subs
+            self._tenants[tenant] = subs
         return subs
 
-    def _save(self, tenant: str) -> None:
-        path = self._path(tenant)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        subs = self._tenants.get(tenant, {})
-        if not subs:
-            path.unlink(missing_ok=True)
-            return
-        temporary = path.with_suffix(".tmp")
-        data = orjson.dumps([s.to_json() for s in subs.values()], option=orjson.OPT_INDENT_2)
-        with temporary.open("wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        temporary.replace(path)
+
+def import_legacy_subscriptions(tx: StateTransaction, directory: Path) -> int:
+    """The store's files before the state store: `<data dir>/subscriptions/<tenant>.json`,
+    a JSON array of `Subscription.to_json()` objects (`_default.json`: the default tenant)."""
+    count = 0
+    for path in sorted(directory.glob("*.json")):
+        tenant = "" if path.stem == "_default" else path.stem
+        try:
+            stored = orjson.loads(path.read_bytes())
+            subs = [Subscription.from_json(raw) for raw in stored]
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"cannot import the subscriptions file {path}: {error!r}") from None
+        for sub in subs:
+            tx.put(SUBSCRIPTIONS, tenant, sub.id, sub.to_json())
+            count += 1
+    return count
 
 
 # -- notifications --------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import os
 import re
 import threading
 import time
@@ -42,6 +41,7 @@ from urbis.twin.errors import (
     ResourceNotFound,
 )
 from urbis.twin.outbound import OutboundGuard, fetch_failed, guarded_client
+from urbis.twin.state import StateStore, StateTransaction, memory_state_store
 
 _KEYWORD_NAMES = (
     "@base @container @context @direction @graph @id @import @included @index @json @language "
@@ -419,6 +419,7 @@ _CORE_MAP: Final = TermMap._build([])
 
 HOSTED, CACHED, IMPLICIT = "Hosted", "Cached", "ImplicitlyCreated"
 KINDS: Final = (HOSTED, CACHED, IMPLICIT)
+CONTEXTS: Final = "contexts"  # the state store's collection of hosted and implicit contexts
 CONTEXTS_PATH: Final = "/ngsi-ld/v1/jsonldContexts"
 PACKAGED_CONTEXTS: Final = Path(ontology.__file__).resolve().parent / "contexts"
 _HOSTED_URL = re.compile(re.escape(CONTEXTS_PATH) + r"/([^/?#]+)$")
@@ -459,22 +460,44 @@ def _check_context_value(value: object, source: str) -> bool:
     )
 
 
+def _stored_entry(local_id: str, doc: Mapping[str, Any], where: str) -> _Entry:
+    kind, created = doc.get("kind"), doc.get("createdAt")
+    if (
+        kind not in (HOSTED, IMPLICIT)
+        or not isinstance(created, int | float)
+        or "@context" not in doc
+    ):
+        raise ValueError(f"{where} is not an @context stored by this registry")
+    return _Entry(local_id, str(kind), doc["@context"], float(created))
+
+
+def import_legacy_contexts(tx: StateTransaction, directory: Path) -> int:
+    """The registry's files before the state store: `<data dir>/contexts/<id>.json`."""
+    count = 0
+    for path in sorted(directory.glob("*.json")):
+        doc = ContextRegistry._read(path)
+        _stored_entry(path.stem, doc, str(path))  # the same checks as a start made on them
+        tx.put(CONTEXTS, "", path.stem, doc)
+        count += 1
+    return count
+
+
 class ContextRegistry:
     """The broker's @context store: hosted (POSTed or packaged), cached (fetched) and implicit.
 
-    Hosted and implicitly created contexts persist as JSON files in `directory` if given.
-    Packaged contexts (`ontology/contexts/*.jsonld`) are hosted under their file stem and
-    cannot be deleted.
+    Hosted and implicitly created contexts persist in the state store (collection
+    `contexts`; in memory when none is given). Packaged contexts (`ontology/contexts/*.jsonld`)
+    are hosted under their file stem and cannot be deleted.
     """
 
     def __init__(
         self,
-        directory: Path | None = None,
+        state: StateStore | None = None,
         *,
         packaged: Path | None = PACKAGED_CONTEXTS,
         max_cached: int = 512,
     ) -> None:
-        self.directory = directory
+        self.state = state if state is not None else memory_state_store()
         self.max_cached = max_cached
         self.generation = 0  # bumped on deletion, so resolvers drop the term maps built on it
         self._entries: dict[str, _Entry] = {}
@@ -486,14 +509,8 @@ class ContextRegistry:
                 self._entries[path.stem] = _Entry(
                     path.stem, HOSTED, context, path.stat().st_mtime, deletable=False
                 )
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            for path in sorted(directory.glob("*.json")):
-                doc = self._read(path)
-                kind, created = doc.get("kind"), doc.get("createdAt")
-                if kind not in (HOSTED, IMPLICIT) or not isinstance(created, int | float):
-                    raise ValueError(f"{path} is not an @context stored by this registry")
-                self._entries[path.stem] = _Entry(path.stem, kind, doc["@context"], created)
+        for local_id, doc in self.state.list(CONTEXTS, ""):
+            self._entries[local_id] = _stored_entry(local_id, doc, f"{CONTEXTS}/{local_id}")
 
     # -- the endpoints --------------------------------------------------------------------
 
@@ -542,8 +559,8 @@ class ContextRegistry:
             del self._entries[entry.local_id]
             if entry.url is not None:
                 self._cached.pop(entry.url, None)
-            if self.directory is not None and entry.kind != CACHED:
-                (self.directory / f"{entry.local_id}.json").unlink(missing_ok=True)
+            if entry.kind != CACHED:
+                self.state.delete(CONTEXTS, "", entry.local_id)
             self.generation += 1
 
     def list(
@@ -650,13 +667,9 @@ class ContextRegistry:
         return info
 
     def _put(self, entry: _Entry) -> None:
-        with self._lock:
-            if self.directory is not None:
-                doc = {"kind": entry.kind, "createdAt": entry.created_at, "@context": entry.context}
-                path = self.directory / f"{entry.local_id}.json"
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(orjson.dumps(doc))
-                os.replace(tmp, path)
+        with self._lock:  # durable first: a refused write leaves the registry as it was
+            doc = {"kind": entry.kind, "createdAt": entry.created_at, "@context": entry.context}
+            self.state.put(CONTEXTS, "", entry.local_id, doc)
             self._entries[entry.local_id] = entry
 
     @staticmethod

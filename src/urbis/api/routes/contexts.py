@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from urbis.api.deps import CallerDep, StateDep
@@ -26,7 +27,7 @@ async def add_context(request: Request, state: StateDep, _: CallerDep) -> Respon
     )
     if not isinstance(body, dict) or "@context" not in body:
         raise BadRequestData('the body must be a JSON object with an "@context" member')
-    context_id = state.registry.add(body)
+    context_id = await run_in_threadpool(state.registry.add, body)  # a durable commit
     location = f"/ngsi-ld/v1/jsonldContexts/{quote(context_id, safe='')}"
     return Response(status_code=201, headers={"Location": location})
 

@@ -86,7 +86,7 @@ async def create_registration(
     reg = RegistrationReader(ctx.terms).create(body)
     await run_in_threadpool(check_endpoint, state.outbound, reg.endpoint, "endpoint")
     await run_in_threadpool(local_conflict, reg, service)
-    state.registrations.create(tenant_name(request), reg)
+    await run_in_threadpool(state.registrations.create, tenant_name(request), reg)
     return Response(status_code=201, headers={"Location": BASE + quote(reg.id, safe=":/")})
 
 
@@ -177,5 +177,5 @@ async def delete_registration(
     reg_id: str, request: Request, state: StateDep, _: AdminDep, __: ServiceDep
 ) -> Response:
     check_uri(reg_id, "registration id")
-    state.registrations.delete(tenant_name(request), reg_id)
+    await run_in_threadpool(state.registrations.delete, tenant_name(request), reg_id)
     return Response(status_code=204)

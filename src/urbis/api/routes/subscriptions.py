@@ -65,7 +65,7 @@ async def create_subscription(
     # Its creator is the caller its notifications are read for (the access port).
     sub = Subscription(body=parsed, context=context, created_at=now, modified_at=now, owner=caller)
     tenant = tenant_name(request)
-    notifier.store.add(tenant, sub)
+    await run_in_threadpool(notifier.store.add, tenant, sub)  # a durable commit: off the loop
     notifier.attach(tenant, service)
     return Response(status_code=201, headers={"Location": BASE + quote(sub.id, safe=":/")})
 
@@ -149,7 +149,7 @@ async def update_subscription(
         delivery=current.delivery,
         owner=current.owner,
     )
-    notifier.store.replace(tenant, updated)
+    await run_in_threadpool(notifier.store.replace, tenant, updated)
     return Response(status_code=204)
 
 
