@@ -23,6 +23,7 @@ from urbis.twin.errors import (
     NgsiLdError,
     ResourceNotFound,
     SparqlError,
+    StateError,
     Unauthorized,
     UrbisError,
 )
@@ -73,7 +74,7 @@ def test_every_error_class_has_a_status_and_a_type() -> None:
 
 
 def test_the_families_cover_the_packages() -> None:
-    families = {NgsiLdError, SparqlError, ConfigError, ConnectorError}
+    families = {NgsiLdError, SparqlError, ConfigError, ConnectorError, StateError}
     for cls in exception_classes():
         assert issubclass(cls, UrbisError)
         if cls is UrbisError:

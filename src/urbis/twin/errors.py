@@ -143,6 +143,14 @@ class QueryTimeout(SparqlError):
 # -- state and configuration -----------------------------------------------------------------
 
 
+class StateError(UrbisError):
+    """The family of the durable state store's own refusals (twin/state) met by the operator:
+    a state file that is cut or altered, a restore into a store that already holds state.
+    What a request causes there is an NGSI-LD type (a key too long is a BadRequestData)."""
+
+    error_type, status, title = "StateError", 500, "State store error"
+
+
 class ConfigError(UrbisError, ValueError):
     """The family of a deployment that cannot start as configured: an unknown store backend,
     a plugin that does not load, a malformed setting. Raised at start-up, before any request;

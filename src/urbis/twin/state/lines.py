@@ -18,13 +18,16 @@ from typing import IO, Any, Final
 
 import orjson
 
+from urbis.twin.errors import StateError
 from urbis.twin.state.port import StateItem, StoredDocument, StoredRecord
 
 FORMAT_VERSION: Final = 1
 
 
-class StateFileError(ValueError):
+class StateFileError(StateError, ValueError):
     """A state file that is not one `write_lines` wrote (or was cut short)."""
+
+    error_type, status, title = "StateFileError", 400, "Invalid state file"
 
 
 def write_lines(items: Iterable[StateItem], out: IO[bytes]) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from urbis.twin.errors import BadRequestData, NgsiLdError, PayloadTooLarge
+from urbis.twin.errors import BadRequestData, NgsiLdError, PayloadTooLarge, StateError
 
 Document = dict[str, Any]
 
@@ -51,8 +51,10 @@ class StateStoreBusy(NgsiLdError):
     error_type, status, title = "InternalError", 503, "State store busy"
 
 
-class StateNotEmpty(RuntimeError):
+class StateNotEmpty(StateError, RuntimeError):
     """`load` refuses a store that already holds state (restore into a new data directory)."""
+
+    error_type, status, title = "StateNotEmpty", 409, "State store not empty"
 
 
 @dataclass(frozen=True, slots=True)
