@@ -88,9 +88,7 @@ def build_state(settings: Settings) -> AppState:
 def _open_tenants(state: AppState) -> None:
     for name in state.twin.backend.tenants():
         service = state.twin.tenant(name)
-        pool = getattr(service.store, "disk_pool", None)  # on-disk SPARQL query workers
-        if pool is not None:
-            pool.prestart()  # so that the first /sparql query finds one ready
+        service.prestart_queries()  # so that the first /sparql query finds a worker ready
         log.info("tenant %r ready: %d geometries indexed", name or "(default)", len(service.index))
 
 

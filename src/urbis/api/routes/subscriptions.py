@@ -67,24 +67,17 @@ def build_notifier(
 
 
 def start_notifications(state: AppState) -> None:
-    """Hook every tenant that has subscriptions, then start delivering (blocking: a thread)."""
+    """Listen to every tenant's committed writes, then start delivering (blocking: a thread)."""
     notifier = state.notifier
     if notifier is None:
         return
-    for tenant in notifier.store.tenants():
-        try:
-            notifier.attach(tenant, state.twin.tenant(tenant))
-        except Exception as error:  # a tenant removed while its subscriptions stayed
-            import logging
-
-            logging.getLogger("urbis").warning(
-                "subscriptions of tenant %r not active: %s", tenant, error
-            )
+    state.twin.listen(notifier)
     notifier.start()
 
 
 def stop_notifications(state: AppState) -> None:
     if state.notifier is not None:
+        state.twin.unlisten(state.notifier)
         state.notifier.stop()
 
 
@@ -116,7 +109,6 @@ async def create_subscription(
     sub = Subscription(body=parsed, context=context, created_at=now, modified_at=now)
     tenant = tenant_name(request)
     notifier.store.add(tenant, sub)
-    notifier.attach(tenant, service)
     return Response(status_code=201, headers={"Location": BASE + quote(sub.id, safe=":/")})
 
 
