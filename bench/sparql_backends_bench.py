@@ -39,6 +39,7 @@ from urbis.demo.loading import demo_terms
 from urbis.ontology import ns
 from urbis.ontology.shapes import sparql_prefixes
 from urbis.testing.sparql_servers import oxigraph_server, virtuoso_server
+from urbis.twin.changes import WriteContext
 from urbis.twin.entities import EntityService
 from urbis.twin.geo.geosparql import prepare
 from urbis.twin.model import EntityReader
@@ -73,6 +74,9 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+BENCH = WriteContext(reason="sparql_backends_bench load")
+
+
 def load_city(service: EntityService, reader: EntityReader, scale: int) -> int:
     """The scaled demo city in the "demo" dataset, in bulk batches, plus its catalogue entry."""
     graph = dataset_graph("demo")
@@ -81,7 +85,7 @@ def load_city(service: EntityService, reader: EntityReader, scale: int) -> int:
 
     def flush() -> None:
         nonlocal loaded
-        result = service.batch(batch, lambda new, _old: new, graph=graph, bulk=True)
+        result = service.upsert_many(batch, context=BENCH, mode="replace", graph=graph, bulk=True)
         if result.errors:
             raise RuntimeError(f"load rejected {result.errors[:3]}")
         loaded += len(result.success)

@@ -124,6 +124,7 @@ def build_big_store(data_dir: Path, entities: int) -> int:
     from urbis.api.app import build_state
     from urbis.api.settings import Settings
     from urbis.demo.loading import demo_terms
+    from urbis.twin.changes import WriteContext
     from urbis.twin.model import EntityReader, now_iso
     from urbis.twin.rdf import dataset_graph
 
@@ -134,7 +135,13 @@ def build_big_store(data_dir: Path, entities: int) -> int:
     loaded = 0
     for batch in batches(scale_for(entities), 2000):
         docs = [reader.entity(entity) for entity in batch]
-        service.batch([(d["id"], d) for d in docs], lambda new, _old: new, graph=graph, bulk=True)
+        service.upsert_many(
+            [(d["id"], d) for d in docs],
+            context=WriteContext(reason="sparql_bench load"),
+            mode="replace",
+            graph=graph,
+            bulk=True,
+        )
         loaded += len(docs)
     state.twin.close()
     return loaded

@@ -15,14 +15,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from urbis.connectors.base import BadRecord, NgsiEntity, Record
 from urbis.connectors.definition import SourceDefinition
+from urbis.connectors.live import LiveReport, LiveSink
 from urbis.connectors.mqtt import (
     MeasureUpdate,
     MqttConnector,
-    TwinSink,
     convert,
     parse_json,
     parse_ul,
 )
+from urbis.connectors.quarantine import Quarantine
 from urbis.testing.mosquitto import Mosquitto, running_mosquitto
 from urbis.twin.context import ContextResolver
 from urbis.twin.entities import EntityService
@@ -141,16 +142,36 @@ def service() -> EntityService:
     return EntityService(OxigraphBackend(None).tenant("", create=True))
 
 
-class Recording(TwinSink):
-    """The twin sink, remembering every record it was given (to count what arrived)."""
+def live_sink(service: EntityService, source: SourceDefinition) -> LiveSink:
+    """The framework's live sink (what `LiveManager` gives a live source), without a manager."""
+    return LiveSink(
+        source,
+        service,
+        CORE,
+        context_terms=ContextResolver().resolve,
+        quarantine=Quarantine(None),
+        report=LiveReport(source=source.id, run_id=f"{source.id}:live:test"),
+    )
 
-    def __init__(self, service: EntityService) -> None:
-        super().__init__(service, ContextResolver().resolve)
+
+class Recording(LiveSink):
+    """The live sink, remembering every record it was given (to count what arrived)."""
+
+    def __init__(self, service: EntityService, source: SourceDefinition) -> None:
+        sink = live_sink(service, source)
+        super().__init__(
+            source,
+            service,
+            CORE,
+            context_terms=sink.context_terms,
+            quarantine=sink.store,
+            report=sink.report,
+        )
         self.records: list[Record] = []
-        self.lock = threading.Lock()
+        self.records_lock = threading.Lock()
 
     def __call__(self, records: Sequence[Record]) -> None:
-        with self.lock:
+        with self.records_lock:
             self.records.extend(records)
         super().__call__(records)
 
@@ -173,8 +194,9 @@ class Running:
 
 @pytest.fixture
 def running(mosquitto: Mosquitto, service: EntityService) -> Iterator[Running]:
-    connector = MqttConnector(source(mosquitto.url), guard=LOOPBACK)
-    run = Running(connector, Recording(service))
+    definition = source(mosquitto.url)
+    connector = MqttConnector(definition, guard=LOOPBACK)
+    run = Running(connector, Recording(service, definition))
     run.thread.start()
     run.wait_for(connector.connected.is_set, "the connection")
     try:
@@ -236,14 +258,15 @@ def test_json_and_ultralight_measures_land_in_the_twin(
     temperature = attribute(service, "urn:ngsi-ld:WeatherObserved:thermo1", "temperature")
     assert temperature["value"] == 15.0
     assert temperature["unitCode"] == "CEL"
-    assert temperature["observedAt"] == "2026-01-15T09:00:00.000000Z"
+    assert temperature["observedAt"] == "2026-01-15T09:00:00Z"  # the Harmonizer: UTC, seconds
 
     filling = attribute(service, "urn:ngsi-ld:WasteContainer:7", "fillingLevel")
     assert filling["value"] == 0.75 and filling["unitCode"] == "P1"
-    assert filling["observedAt"] == "2026-01-15T11:00:00.000000Z"
+    assert filling["observedAt"] == "2026-01-15T11:00:00Z"
     status = attribute(service, "urn:ngsi-ld:WasteContainer:7", "status")
     assert status["value"] == "abc" and "observedAt" in status  # kept: a partial update
-    assert running.sink.quarantined == []
+    assert list(running.connector.rejected) == []
+    assert running.sink.store.list("iot") == []
 
 
 def test_unknown_devices_and_malformed_payloads_are_quarantined(
@@ -263,14 +286,14 @@ def test_unknown_devices_and_malformed_payloads_are_quarantined(
     finally:
         client.loop_stop()
         client.disconnect()
-    reasons = [reason for reason, _ in running.sink.quarantined]
+    reasons = [reason for reason, _ in running.connector.rejected]
     assert len(reasons) == 6, reasons
     assert "unknown device 'stranger'" in reasons[0]
     assert "not valid JSON" in reasons[1]
     assert "odd number of fields" in reasons[2]
     assert "'full' is not a Number" in reasons[3]
     assert "TimeInstant 'soon'" in reasons[5]
-    raw = running.sink.quarantined[0][1]
+    raw = running.connector.rejected[0][1]
     assert raw["topic"] == "/json/k1/stranger/attrs" and raw["payload"] == '{"t": 1}'
     assert running.connector.stats["quarantined"] == 6
     with pytest.raises(Exception, match="not found"):
@@ -313,17 +336,17 @@ def test_no_qos1_message_is_lost_across_a_broker_restart(
 def test_demo_simulator_feeds_the_twin_through_the_broker(
     mosquitto: Mosquitto, service: EntityService
 ) -> None:
-    from urbis.demo.devices import start_demo_feed
+    from urbis.demo.devices import demo_source, run_simulator
 
-    halt = start_demo_feed(
-        mosquitto.url,
-        service,
-        ContextResolver().resolve,
-        None,
-        graph="urn:x:demo",
-        period=0.2,
-        guard=LOOPBACK,
-    )
+    definition = demo_source(mosquitto.url, None)
+    connector = MqttConnector(definition, guard=LOOPBACK)
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=connector.run, args=(live_sink(service, definition), stop)),
+        threading.Thread(target=run_simulator, args=(mosquitto.url, stop, 0.2)),
+    ]
+    for thread in threads:
+        thread.start()
     station = "urn:ngsi-ld:AirQualityObserved:demo-1"
     try:
         deadline = time.monotonic() + 20
@@ -331,7 +354,9 @@ def test_demo_simulator_feeds_the_twin_through_the_broker(
             assert time.monotonic() < deadline, "no reading of the demo station arrived"
             time.sleep(0.05)
     finally:
-        halt()
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
     no2 = attribute(service, station, "no2")
     assert no2["unitCode"] == "GQ" and isinstance(no2["value"], float)
     assert no2["observedAt"].endswith("Z")

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.connectors.test_framework import ScriptedConnector, add, light, manager
-from urbis.connectors.sync import SyncManager, content, content_text, same_content_text
+from urbis.connectors.sync import SyncManager
+from urbis.twin.changes import WriteContext
 from urbis.twin.rdf import dump_document
+from urbis.twin.writes import content, content_text, same_content_text
 
 __all__ = ["manager"]  # the fixture, shared with the framework's tests
 
@@ -99,9 +101,9 @@ def test_same_content_in_another_key_order_is_unchanged(manager: SyncManager) ->
     manager.sync("lights")
     service = manager.twin.tenant("")
     entity_id = "urn:ngsi-ld:Streetlight:1"
-    old, graph = service.get_many([entity_id])[entity_id]
+    old, _ = service.get_many([entity_id])[entity_id]
     reordered = dict(reversed(list(old.items())))
-    service.write([(old, reordered, graph)])
+    service.replace(entity_id, reordered, context=WriteContext(reason="test"))
     assert service.store.documents([entity_id])[entity_id][0] != dump_document(old)
     report = manager.sync("lights")
     assert (report.created, report.updated, report.unchanged) == (0, 0, 1)

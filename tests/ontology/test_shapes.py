@@ -34,6 +34,7 @@ from urbis.ontology.shapes import (
     validate,
     vocabulary_graph,
 )
+from urbis.twin.changes import WriteContext
 from urbis.twin.context import ContextResolver
 from urbis.twin.model import EntityReader
 
@@ -76,8 +77,11 @@ def write(client: TestClient, entities: list[dict[str, Any]], tenant: str) -> rd
     service = state.twin.tenant(tenant, create=True)
     reader = EntityReader(demo_terms(state.resolver, state.registry))
     docs = [reader.entity(e) for e in entities]
-    result = service.batch(
-        [(d["id"], d) for d in docs], lambda new, old: new, graph="urn:urbis:dataset:t"
+    result = service.upsert_many(
+        [(d["id"], d) for d in docs],
+        context=WriteContext(reason="test"),
+        mode="replace",
+        graph="urn:urbis:dataset:t",
     )
     assert len(result.success) == len(docs), result.errors
     return graph_from_quads(dataset_quads(service.store.store))

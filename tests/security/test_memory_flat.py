@@ -19,9 +19,10 @@ from pyoxigraph import Store
 import urbis.twin.store.oxigraph as oxigraph
 from urbis.api.app import create_app
 from urbis.api.settings import Settings
+from urbis.twin.changes import WriteContext
 from urbis.twin.context import ContextResolver
 from urbis.twin.core import Twin
-from urbis.twin.entities import EntityService, merge_entity, update_attributes
+from urbis.twin.entities import EntityService
 from urbis.twin.model import EntityReader
 from urbis.twin.store.oxigraph import OxigraphBackend, OxigraphTenant
 
@@ -29,6 +30,7 @@ TERMS = ContextResolver().resolve(None)
 BUDGET = 512 * 1024  # a small flush budget, so that a few hundred updates must flush
 ENTITIES = 20
 UPDATES = 1000
+WRITER = WriteContext(reason="test")
 
 
 class CountingStore:
@@ -92,7 +94,7 @@ def service(tmp_path: Path, small_budget: None) -> Iterator[EntityService]:
     service = twin.tenant("", create=True)
     reader = EntityReader(TERMS)
     for i in range(ENTITIES):
-        service.create(reader.entity(container(i, 0.0)))
+        service.create(reader.entity(container(i, 0.0)), context=WRITER)
     yield service
     twin.close()
 
@@ -111,9 +113,11 @@ def patch_attrs(service: EntityService, n: int) -> None:
     attrs = EntityReader(TERMS).attributes(
         {"fillingLevel": {"type": "Property", "value": n}}, allow_null=False
     )
-    service.modify(
+    service.update_attributes(
         f"urn:ngsi-ld:WasteContainer:{n % ENTITIES}",
-        lambda doc: update_attributes(doc, attrs, now="2026-01-15T09:00:00Z"),
+        attrs,
+        context=WRITER,
+        now="2026-01-15T09:00:00Z",
     )
 
 
@@ -121,21 +125,23 @@ def merge_patch(service: EntityService, n: int) -> None:
     patch = EntityReader(TERMS).attributes(
         {"fillingLevel": {"type": "Property", "value": n}}, allow_null=False
     )
-    service.modify(
+    service.merge(
         f"urn:ngsi-ld:WasteContainer:{n % ENTITIES}",
-        lambda doc: merge_entity(doc, patch, now="2026-01-15T09:00:00Z"),
+        patch,
+        context=WRITER,
+        now="2026-01-15T09:00:00Z",
     )
 
 
 def replace(service: EntityService, n: int) -> None:
     doc = EntityReader(TERMS).entity(container(n % ENTITIES, float(n)))
-    service.replace(doc["id"], doc)
+    service.replace(doc["id"], doc, context=WRITER)
 
 
 def batch_upsert(service: EntityService, n: int) -> None:
     reader = EntityReader(TERMS)
     items = [(d["id"], d) for d in (reader.entity(container(i, float(n))) for i in range(2))]
-    service.batch(items, lambda new, _old: new)
+    service.upsert_many(items, context=WRITER, mode="replace")
 
 
 UPDATE_PATHS: dict[str, Callable[[EntityService, int], None]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from urbis.twin.changes import WriteContext
 from urbis.twin.context import ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.geo import parse_geoq
@@ -27,8 +28,9 @@ def light(n: int, lon: float) -> dict[str, object]:
 def test_restart_keeps_entities_tenants_and_geometries(tmp_path: Path) -> None:
     twin = Twin(OxigraphBackend(tmp_path))
     reader = EntityReader(TERMS)
-    twin.tenant("", create=True).create(reader.entity(light(1, 3.87)))
-    twin.tenant("utility", create=True).create(reader.entity(light(2, 3.90)))
+    writer = WriteContext(reason="test")
+    twin.tenant("", create=True).create(reader.entity(light(1, 3.87)), context=writer)
+    twin.tenant("utility", create=True).create(reader.entity(light(2, 3.90)), context=writer)
     twin.close()
 
     reopened = Twin(OxigraphBackend(tmp_path))

@@ -22,6 +22,7 @@ from urbis.ngsild.registrations import RegistrationStore
 from urbis.ngsild.subscriptions import Notifier
 from urbis.twin.access import AccessPolicy, AllowAll, Caller
 from urbis.twin.caller_view import CallerView
+from urbis.twin.changes import WriteContext
 from urbis.twin.context import ContextRegistry, ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.entities import EntityService
@@ -137,6 +138,16 @@ async def admin_only(caller: CallerDep) -> Caller:
 
 
 AdminDep = Annotated[Caller, Depends(admin_only)]
+
+
+async def write_context(caller: CallerDep) -> WriteContext:
+    """Who writes, for the change events: the admin, or anyone on an open server."""
+    return (
+        WriteContext.admin() if caller.admin and not caller.anonymous else WriteContext.anonymous()
+    )
+
+
+WriterDep = Annotated[WriteContext, Depends(write_context)]
 
 
 def tenant_name(request: Request) -> str:

@@ -199,7 +199,7 @@ class Services:
         # Open every tenant (and rebuild its spatial index) before the first request, not in it.
         await asyncio.to_thread(self._open_tenants)
         await asyncio.to_thread(self._start_notifications)
-        stack.push_async_callback(asyncio.to_thread, self.notifier.stop)
+        stack.push_async_callback(asyncio.to_thread, self._stop_notifications)
         if settings.demo:
             await self._start_demo(stack)
         await asyncio.to_thread(self.live.start_all)  # MQTT, NGSI-LD (connectors/live.py)
@@ -210,21 +210,19 @@ class Services:
     def _open_tenants(self) -> None:
         for name in self.twin.backend.tenants():
             service = self.twin.tenant(name)
-            pool = getattr(service.store, "disk_pool", None)  # on-disk SPARQL query workers
-            if pool is not None:
-                pool.prestart()  # so that the first /sparql query finds one ready
+            service.prestart_queries()  # so that the first /sparql query finds a worker ready
             log.info(
                 "tenant %r ready: %d geometries indexed", name or "(default)", len(service.index)
             )
 
     def _start_notifications(self) -> None:
-        """Hook every tenant that has subscriptions, then start delivering."""
-        for tenant in self.notifier.store.tenants():
-            try:
-                self.notifier.attach(tenant, self.twin.tenant(tenant))
-            except Exception as error:  # a tenant removed while its subscriptions stayed
-                log.warning("subscriptions of tenant %r not active: %s", tenant, error)
+        """Listen to every tenant's committed writes, then start delivering."""
+        self.twin.listen(self.notifier)
         self.notifier.start()
+
+    def _stop_notifications(self) -> None:
+        self.twin.unlisten(self.notifier)
+        self.notifier.stop()
 
     async def _start_demo(self, stack: AsyncExitStack) -> None:
         """The demo city, synced from its files; then its sensors: simulated MQTT devices

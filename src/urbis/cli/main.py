@@ -125,6 +125,7 @@ def load(
     from urbis.api.app import build_state
     from urbis.api.settings import Settings
     from urbis.cli.jsonstream import iter_json_items
+    from urbis.twin.changes import WriteContext
     from urbis.twin.errors import NgsiLdError
     from urbis.twin.model import EntityReader
     from urbis.twin.rdf import dataset_graph
@@ -137,11 +138,12 @@ def load(
     state = build_state(settings)
     service = state.twin.tenant(DEFAULT_TENANT, create=True)
     graph = dataset_graph(dataset)
+    loader = WriteContext.admin("urbis load")  # whoever can write the data directory
     loaded = failed = 0
 
     def flush(batch: list[tuple[str | None, Any]]) -> None:
         nonlocal loaded, failed
-        result = service.batch(batch, lambda new, _old: new, graph=graph, bulk=True)
+        result = service.upsert_many(batch, context=loader, mode="replace", graph=graph, bulk=True)
         loaded += len(result.success)
         failed += len(result.errors)
         for entity_id, error in result.errors[:5]:

@@ -6,8 +6,9 @@ kind) runs as long as the server does. Per live source:
 * `LiveRunner` runs `connector.run(sink, stop)` in a daemon thread and starts a fresh connector
   with exponential backoff whenever it raises or returns while the source is still live;
 * `LiveSink` takes the connector's record batches: harmonised like a pull sync (the same
-  `Harmonizer`), bad records quarantined with the reason, then ONE `EntityService.batch` per
-  batch into the source's own named graph:
+  `Harmonizer`), bad records quarantined with the reason, then ONE idempotent
+  `EntityService.upsert_many` per batch into the source's own named graph, with the source and
+  its session as the write context:
   - a full record (a `Feature`, or an `NgsiEntity` without `partial`) replaces the entity, as a
     pull sync's upsert does; an entity of another source's dataset is quarantined, not taken;
   - a partial record (`partial = True`, e.g. `mqtt.MeasureUpdate`) changes only its attributes
@@ -39,19 +40,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pyoxigraph import NamedNode
-
 from urbis.connectors.base import BadRecord, LiveConnector, NgsiEntity, Record
 from urbis.connectors.definition import SourceDefinition
 from urbis.connectors.harmonize import ContextTerms, Harmonizer
 from urbis.connectors.quarantine import Quarantine, QuarantineEntry, raw_record
 from urbis.connectors.registry import UnknownKind, construct
-from urbis.connectors.sync import SyncManager, carry_timestamps, content, dataset_info, iso
-from urbis.twin.entities import EntityService, append_attributes, attribute_items
-from urbis.twin.errors import BadRequestData, NgsiLdError
+from urbis.connectors.sync import SyncManager, dataset_info, iso
+from urbis.twin.changes import WriteContext
+from urbis.twin.entities import BatchItem, EntityService
+from urbis.twin.errors import NgsiLdError
 from urbis.twin.model import now_iso
-from urbis.twin.provenance import SyncRun, describe_dataset, record_run, run_iri, run_quads
+from urbis.twin.provenance import SyncRun
 from urbis.twin.terms import Terms
+from urbis.twin.writes import UpsertMode
 
 log = logging.getLogger("urbis.connectors.live")
 Doc = dict[str, Any]
@@ -124,6 +125,7 @@ class LiveSink:
         self.report = report
         self.area = area
         self.graph = source.graph
+        self.context = WriteContext.of_source(source.id, report.run_id)
         self.lock = threading.Lock()  # counters and pending quarantine entries
         self._pending: dict[str | None, QuarantineEntry] = {}
 
@@ -169,7 +171,7 @@ class LiveSink:
             self.source, self.terms, context_terms=self.context_terms, now=now, area=self.area
         )
         records = self._typed(coalesce(records))
-        items: list[tuple[str | None, Doc | NgsiLdError]] = []
+        items: list[BatchItem] = []
         partial: dict[int, bool] = {}  # id(doc) -> the record was partial
         for record in records:
             harmonized = harmonizer.attempt(record)
@@ -180,7 +182,7 @@ class LiveSink:
             partial[id(doc)] = is_partial(record)
             items.append((doc["id"], doc))
         if items:
-            self._write(items, partial, now)
+            self._write(items, partial)
         self.flush_quarantine()
 
     def _typed(self, records: Sequence[Record]) -> list[Record]:
@@ -208,57 +210,29 @@ class LiveSink:
             out.append(record)
         return out
 
-    def _write(
-        self, items: list[tuple[str | None, Doc | NgsiLdError]], partial: dict[int, bool], now: str
-    ) -> None:
-        ids = [i for i, _ in items if i is not None]
-        # Who owns each entity: the stored (text, graph) pairs, without decoding documents.
-        graphs = {i: g for i, (_, g) in self.service.store.documents(ids).items()}
-        counts = {"created": 0, "updated": 0, "unchanged": 0, "foreign": 0}
+    def _write(self, items: list[BatchItem], partial: dict[int, bool]) -> None:
+        """One transaction: partial records update (options=update), full ones replace within
+        the source's graph; what did not change is not written."""
 
-        def upsert(new: Doc, current: Doc | None) -> Doc:
-            entity_id = new["id"]
-            owner = graphs.get(entity_id, self.graph)
-            if current is None:
-                counts["created"] += 1
-                graphs[entity_id] = self.graph
-                return new
-            if partial[id(new)]:
-                attrs = dict(attribute_items(new))
-                types = list(dict.fromkeys([*current["type"], *new["type"]]))
-                if types == current["type"] and all(
-                    content(current.get(name)) == content(instances)
-                    for name, instances in attrs.items()
-                ):
-                    counts["unchanged"] += 1
-                    return current
-                doc = dict(current)
-                doc["type"] = types
-                append_attributes(doc, attrs, overwrite=True, now=now)
-            elif owner != self.graph:
-                raise BadRequestData(
-                    f"entity {entity_id} belongs to dataset {owner}, not to this source's "
-                    f"{self.graph}: a full record would take it over"
-                )
-            else:
-                doc = carry_timestamps(current, new)
-            if not partial[id(new)] and content(doc) == content(current):
-                counts["unchanged"] += 1
-                return current
-            counts["updated"] += 1
-            if owner != self.graph:
-                counts["foreign"] += 1
-            return doc
+        def mode(doc: Doc) -> UpsertMode:
+            return "update" if partial[id(doc)] else "replace"
 
-        result = self.service.batch(items, upsert, graph=self.graph)
+        result = self.service.upsert_many(
+            items,
+            context=self.context,
+            mode=mode,
+            graph=self.graph,
+            idempotent=True,
+            own_graph=True,
+        )
         for entity_id, error in result.errors:
             self.quarantine({"id": entity_id}, error.detail)
         with self.lock:
             report = self.report
-            report.created += counts["created"]
-            report.updated += counts["updated"]
-            report.unchanged += counts["unchanged"]
-            report.foreign += counts["foreign"]
+            report.created += len(result.created)
+            report.updated += len(result.updated)
+            report.unchanged += len(result.unchanged)
+            report.foreign += len(result.foreign)
             report.written = report.created + report.updated
 
 
@@ -355,14 +329,10 @@ class LiveRunner:
         self._next_provenance = 0.0
         self._tick_lock = threading.Lock()
 
-    @property
-    def store(self) -> Any:
-        return self.sink.service.store
-
     def start(self) -> None:
         self.report.started = iso(self.started)
         try:
-            describe_dataset(self.store, dataset_info(self.source), self.started)
+            self.sink.service.describe_dataset(dataset_info(self.source), self.started)
         except Exception as exc:  # provenance must never keep a source from running
             log.exception("live %s: dataset not described", self.source.id)
             self.report.error(f"provenance: dataset not described: {exc}")
@@ -466,14 +436,8 @@ class LiveRunner:
             status=status,
         )
         try:
-            record_run(self.store, run)
-            if self._last_run is not None:  # the activity's previous counts and end time
-                activity = NamedNode(run_iri(run.run_id))
-                fresh = set(run_quads(run))
-                stale = [
-                    q for q in run_quads(self._last_run) if q.subject == activity and q not in fresh
-                ]
-                self.store.apply(stale, [])
+            # The activity's previous counts and end time go in the same transaction.
+            self.sink.service.record_run(run, replacing=self._last_run)
             self._last_run = run
             self._recorded = counts
         except Exception as exc:

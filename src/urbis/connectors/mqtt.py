@@ -22,7 +22,9 @@ Delivery: QoS 1 subscriptions in a persistent session (fixed client id, clean_se
 so the broker keeps what is published while the connector is away and delivers it after the
 reconnect, which paho retries on its own with a growing delay. Messages are acknowledged by
 paho when received; they are passed to the sink in batches (every `batch_ms` or `batch_size`
-records), from the thread that called `run`.
+records), from the thread that called `run`. The sink is the framework's live sink
+(`connectors.live.LiveSink`, run by `LiveManager`), which merges a batch's measures of one
+entity and writes the batch with `EntityService.upsert_many(mode="update")`.
 """
 
 from __future__ import annotations
@@ -55,12 +57,8 @@ from urbis.connectors.base import (
     SourceUnavailable,
 )
 from urbis.connectors.definition import SourceDefinition
-from urbis.ontology import ns
-from urbis.twin.entities import EntityService, append_attributes, attribute_items
-from urbis.twin.errors import NgsiLdError
-from urbis.twin.model import EntityReader, now_iso
+from urbis.twin.model import now_iso
 from urbis.twin.outbound import OutboundGuard, OutboundRefused, fetch_failed
-from urbis.twin.terms import Terms
 
 log = logging.getLogger("urbis.connectors.mqtt")
 TIME_INSTANT = "TimeInstant"
@@ -512,84 +510,3 @@ def broker_address(endpoint: str | None) -> tuple[str, int]:
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
         raise SourceUnavailable(f"mqtt endpoint {endpoint!r} must look like mqtt://host:port")
     return parts.hostname, parts.port or 1883
-
-
-def coalesce(records: Sequence[Record]) -> list[Record]:
-    """One partial entity per id and @context: later measures overwrite earlier ones.
-
-    The twin keeps current values, so writing an entity once per batch gives the same state
-    as writing each message in turn, at a fraction of the cost when devices report often.
-    """
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
-    contexts: dict[tuple[str, str], Any] = {}
-    out: list[Record] = []
-    for record in records:
-        entity_id = record.entity.get("id") if isinstance(record, MeasureUpdate) else None
-        if not isinstance(record, MeasureUpdate) or not isinstance(entity_id, str):
-            out.append(record)
-            continue
-        key = (entity_id, orjson.dumps(record.context).decode())
-        if key in merged:
-            merged[key].update(record.entity)
-        else:
-            merged[key] = dict(record.entity)
-            contexts[key] = record.context
-    out.extend(MeasureUpdate(entity, contexts[key]) for key, entity in merged.items())
-    return out
-
-
-# -- a sink into one tenant of the twin (until the framework's live sync takes over) ----------
-
-
-class TwinSink:
-    """Upserts records into an EntityService with options=update semantics, in one batch.
-
-    `MeasureUpdate`s change only their attributes; an entity seen first is created. What the
-    twin cannot read goes to `quarantined` with the reason. Used by tests, the benchmark and
-    the demo; the connectors framework has its own live sink.
-    """
-
-    def __init__(
-        self,
-        service: EntityService,
-        terms_for: Callable[[Any], Terms],
-        *,
-        graph: str = ns.DEFAULT_DATASET,
-        on_write: Callable[[Sequence[str]], None] | None = None,
-    ) -> None:
-        self.service = service
-        self.terms_for = terms_for
-        self.graph = graph
-        self.on_write = on_write
-        self.quarantined: list[tuple[str, Mapping[str, Any]]] = []
-        self._readers: dict[str, Terms] = {}
-
-    def quarantine(self, raw: Mapping[str, Any], reason: str) -> None:
-        self.quarantined.append((reason, raw))
-
-    def __call__(self, records: Sequence[Record]) -> None:
-        now = now_iso()
-        items: list[tuple[str | None, dict[str, Any] | NgsiLdError]] = []
-        for record in coalesce(records):
-            if not isinstance(record, NgsiEntity):
-                self.quarantine({"record": repr(record)}, "not an NGSI-LD entity")
-                continue
-            try:
-                reader = EntityReader(self.terms_for(record.context), now=now)
-                items.append((record.entity.get("id"), reader.entity(dict(record.entity))))
-            except NgsiLdError as exc:
-                self.quarantine(record.entity, exc.detail)
-
-        def upsert(new: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
-            if existing is None:
-                return new
-            doc = dict(existing)
-            doc["type"] = list(dict.fromkeys(existing["type"] + new["type"]))
-            append_attributes(doc, dict(attribute_items(new)), overwrite=True, now=now)
-            return doc
-
-        result = self.service.batch(items, upsert, self.graph)
-        for entity_id, error in result.errors:
-            self.quarantine({"id": entity_id}, error.detail)
-        if self.on_write is not None:
-            self.on_write(result.success)

@@ -22,7 +22,6 @@ import gc
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -41,16 +40,14 @@ from urbis.connectors.harmonize import Harmonizer
 from urbis.connectors.quarantine import Quarantine, QuarantineEntry, raw_record, record_key
 from urbis.connectors.registry import ConnectorRegistry, UnknownKind, default_registry
 from urbis.connectors.sources import SourceCatalog
-from urbis.ontology import ns
+from urbis.twin.changes import WriteContext
 from urbis.twin.context import ContextRegistry, ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.entities import EntityService
 from urbis.twin.errors import ERROR_BASE, NgsiLdError, ResourceNotFound
-from urbis.twin.model import SYSTEM_MEMBERS, now_iso
+from urbis.twin.model import now_iso
 from urbis.twin.outbound import OutboundGuard
-from urbis.twin.provenance import DatasetInfo, SyncRun, describe_dataset, record_run
-from urbis.twin.query.sparql import iri
-from urbis.twin.rdf import dump_document, load_document
+from urbis.twin.provenance import DatasetInfo, SyncRun
 from urbis.twin.state import StateStore, memory_state_store, open_state_store
 from urbis.twin.terms import Terms
 
@@ -131,48 +128,6 @@ class SyncState:
         self.state.put(SYNC_STATE, "", key, json.loads(json.dumps(value, default=str)))
 
 
-# -- comparing documents ----------------------------------------------------------------------
-
-
-def content(value: Any) -> Any:
-    """A document without its system members (createdAt, modifiedAt...), to compare content."""
-    if isinstance(value, dict):
-        return {k: content(v) for k, v in value.items() if k not in SYSTEM_MEMBERS}
-    if isinstance(value, list):
-        return [content(v) for v in value]
-    return value
-
-
-# A system member with a string value, as orjson writes it in a stored document. Inside a JSON
-# string a quote is always escaped, so this only ever matches a real member.
-_SYSTEM_MEMBER_TEXT = re.compile(r',?"(?:' + "|".join(sorted(SYSTEM_MEMBERS)) + r')":"[^"\\]*"')
-
-
-def content_text(text: str) -> str:
-    """A stored document's JSON text without its system members (the text form of `content`).
-
-    Equal results imply equal `content`; different ones may still be equal content (other
-    key order, a system member that is not a string), so callers decode and compare then.
-    """
-    return _SYSTEM_MEMBER_TEXT.sub("", text)
-
-
-def same_content_text(stored: str, doc: Doc) -> bool:
-    """`content(load_document(stored)) == content(doc)` when True, without decoding `stored`."""
-    return content_text(stored) == content_text(dump_document(doc))
-
-
-def carry_timestamps(old: Doc, new: Doc) -> Doc:
-    """Keep createdAt, and the timestamps of attribute instances whose content is the same."""
-    new["createdAt"] = old.get("createdAt", new.get("createdAt"))
-    for name, instances in new.items():
-        before = old.get(name)
-        same_kind = isinstance(instances, list) and isinstance(before, list) and name != "type"
-        if same_kind and content(before) == content(instances):
-            new[name] = before
-    return new
-
-
 # -- one run of one source ---------------------------------------------------------------------
 
 
@@ -204,6 +159,7 @@ class SyncRunner:
         self.sleep = sleep
         self.bulk = bulk
         self.graph = source.graph
+        self.context = WriteContext.of_source(source.id, None)  # the run id once it starts
         self.seen: set[str] = set()
         self.entries: dict[tuple[str | None, str], QuarantineEntry] = {}
         self.handled = 0
@@ -213,6 +169,7 @@ class SyncRunner:
         started = datetime.now(UTC)
         run_id = f"{source.id}:{started:%Y%m%dT%H%M%S}Z:{uuid.uuid4().hex[:8]}"
         report = SyncReport(source=source.id, run_id=run_id, started=iso(started))
+        self.context = WriteContext.of_source(source.id, run_id)
         crashed = self.state.get(source.id, "journal")
         if crashed is not None:
             report.resumed = crashed.get("run_id")
@@ -225,7 +182,7 @@ class SyncRunner:
         clock = time.monotonic()
         cursor = Cursor(state=dict(self.state.get(source.id, "cursor") or {}))
         try:
-            describe_dataset(self.service.store, dataset_info(source), started)
+            self.service.describe_dataset(dataset_info(source), started)
             self._fetch_with_retries(cursor, report)
             report.full = cursor.full
             if report.status == "running":
@@ -247,7 +204,7 @@ class SyncRunner:
         report.ended = iso(ended)
         report.duration = round(time.monotonic() - clock, 3)
         try:
-            record_run(self.service.store, sync_run(source, report, started, ended))
+            self.service.record_run(sync_run(source, report, started, ended))
         except Exception as exc:
             report.errors.append(f"provenance not recorded: {exc}")
         self.state.put(source.id, "report", report.to_dict())
@@ -350,40 +307,29 @@ class SyncRunner:
     def _upsert(self, docs: dict[str, Doc], report: SyncReport) -> list[str]:
         """Write what changed in one transaction; the ids created.
 
-        Under the tenant's write lock, so the comparison and the write see the same state, with
-        one look-up per entity. Stored documents are compared as text: an unchanged entity
-        (the common case of a re-sync) costs no JSON decoding.
+        An idempotent replace into the source's own graph: an unchanged entity is not written
+        (recognised by its stored text, the common case of a re-sync, without decoding it), an
+        entity of another dataset is quarantined rather than taken over.
         """
-        created: list[str] = []
-        changes: list[tuple[Doc | None, Doc | None, str]] = []
-        with self.service.lock:
-            existing = self.service.store.documents(list(docs))
-            for entity_id, doc in docs.items():
-                found = existing.get(entity_id)
-                if found is None:
-                    changes.append((None, doc, self.graph))
-                    created.append(entity_id)
-                elif found[1] != self.graph:
-                    self._bad_doc(
-                        doc,
-                        f"entity {entity_id} belongs to dataset {found[1]}, "
-                        f"not to this source's {self.graph}",
-                    )
-                    continue
-                elif same_content_text(found[0], doc):
-                    report.unchanged += 1
-                else:
-                    old = load_document(found[0])
-                    if content(old) == content(doc):
-                        report.unchanged += 1
-                    else:
-                        changes.append((old, carry_timestamps(old, doc), self.graph))
-                        report.updated += 1
-                self.seen.add(entity_id)
-            if changes:
-                self.service.write(changes, bulk=self.bulk)
-        report.created += len(created)
-        return created
+        result = self.service.upsert_many(
+            docs.items(),
+            context=self.context,
+            mode="replace",
+            graph=self.graph,
+            idempotent=True,
+            own_graph=True,
+            bulk=self.bulk,
+        )
+        refused = set()
+        for entity_id, error in result.errors:
+            assert entity_id is not None
+            refused.add(entity_id)
+            self._bad_doc(docs[entity_id], error.detail)
+        self.seen.update(e for e in docs if e not in refused)
+        report.created += len(result.created)
+        report.updated += len(result.updated)
+        report.unchanged += len(result.unchanged)
+        return result.created
 
     def _book(self, records: int, created: list[str]) -> None:
         """After a batch's transaction: tombstones, journal, progress."""
@@ -409,17 +355,12 @@ class SyncRunner:
 
     def _tombstone(self, report: SyncReport) -> None:
         """Delete the graph's entities that the full fetch did not yield, and record them."""
-        query = (
-            f"SELECT ?e WHERE {{ GRAPH {iri(ns.ENTITIES_GRAPH)} "
-            f"{{ ?e {iri(ns.URBIS + 'dataset')} {iri(self.graph)} }} }}"
-        )
-        present = {row[0] for row in self.service.store.select(query) if row[0] is not None}
-        gone = sorted(present - self.seen)
+        gone = sorted(self.service.entity_ids_in(self.graph) - self.seen)
         if not gone:
             return
         for start in range(0, len(gone), self.source.batch_size):
             chunk = gone[start : start + self.source.batch_size]
-            self.service.batch([(e, {}) for e in chunk], lambda _new, _old: None, graph=self.graph)
+            self.service.delete_many([(e, {"id": e}) for e in chunk], context=self.context)
         now = now_iso()
         tombstones = self.state.get(self.source.id, "tombstones") or {}
         for entity_id in gone:

@@ -1,10 +1,11 @@
 """The demo city's sensors as MQTT devices: publishes twin.demo readings the IoT Agent way.
 
-`urbis serve --demo` with a broker configured calls `start_demo_feed`: a simulator thread
-publishes each tick of `twin.demo.updates()` as IoT Agent JSON (`/json/<apikey>/<device>/attrs`,
-`{"fillingLevel": 0.42, "TimeInstant": "..."}`), and an `MqttConnector` provisioned by
-`demo_source` turns them back into measures of the twin, through a real broker: the demo shows
-federation, not a preloaded file.
+`urbis serve --demo` with a broker configured (demo/loading.py, `start_demo_devices`) runs
+`run_simulator`: a thread that publishes each tick of `demo.city.updates()` as IoT Agent JSON
+(`/json/<apikey>/<device>/attrs`, `{"fillingLevel": 0.42, "TimeInstant": "..."}`); the live
+source `demo_source` (an `mqtt` source, run by the connectors' `LiveManager` like any other)
+turns them back into measures of the twin, through a real broker: the demo shows federation,
+not a preloaded file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +23,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from urbis.connectors.definition import SourceDefinition
-from urbis.connectors.mqtt import MqttConnector, TwinSink, broker_address
+from urbis.connectors.mqtt import broker_address
 from urbis.demo import city as demo
-from urbis.twin.entities import EntityService
-from urbis.twin.outbound import OutboundGuard
-from urbis.twin.terms import Terms
 
 log = logging.getLogger("urbis.connectors.mqtt_simulator")
 APIKEY = "urbis-demo"
@@ -125,36 +123,3 @@ def run_simulator(broker_url: str, stop: threading.Event, period: float, *, seed
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-def start_demo_feed(
-    broker_url: str,
-    service: EntityService,
-    resolve: Callable[[Any], Terms],
-    context: Any,
-    *,
-    graph: str,
-    period: float = 5.0,
-    guard: OutboundGuard | None = None,
-) -> Callable[[], None]:
-    """Start the simulator and the connector into `service`; returns the function that stops
-    both (the hook for demo/loading.py). `guard`: where the connector may connect."""
-    stop = threading.Event()
-    connector = MqttConnector(demo_source(broker_url, context), guard=guard)
-    sink = TwinSink(service, resolve, graph=graph)
-    threads = [
-        threading.Thread(target=connector.run, args=(sink, stop), name="demo-mqtt", daemon=True),
-        threading.Thread(
-            target=run_simulator, args=(broker_url, stop, period), name="demo-sim", daemon=True
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    log.info("demo city sensors stream through MQTT at %s", broker_url)
-
-    def halt() -> None:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
-
-    return halt

@@ -19,11 +19,12 @@ from typing import Any
 from urbis.connectors.definition import SourceDefinition, parse_definition
 from urbis.connectors.sync import SyncManager
 from urbis.demo import city as demo
+from urbis.twin.changes import WriteContext
 from urbis.twin.context import ContextRegistry, ContextResolver
 from urbis.twin.core import Twin
-from urbis.twin.entities import append_attributes
+from urbis.twin.entities import BatchItem
 from urbis.twin.model import EntityReader, now_iso
-from urbis.twin.provenance import default_dataset_info, describe_dataset
+from urbis.twin.provenance import default_dataset_info
 from urbis.twin.store.base import DEFAULT_TENANT
 from urbis.twin.terms import Terms
 
@@ -166,28 +167,24 @@ def load_demo(manager: SyncManager, *, directory: Path | None = None, seed: int 
             log.warning("demo source %s: %s", source.id, report.to_dict())
         total += report.created + report.updated + report.unchanged
     service = manager.twin.tenant(DEFAULT_TENANT, create=True)
-    describe_dataset(service.store, default_dataset_info(), datetime.now(UTC))
+    service.describe_dataset(default_dataset_info(), datetime.now(UTC))
     log.info("demo city synced from %s: %d entities", directory, total)
     return total
 
 
 def apply_updates(twin: Twin, terms: Terms, rng: random.Random) -> int:
-    """One tick of the demo's sensors, written into the twin; `terms`: `demo_terms`."""
+    """One tick of the living demo (`terms`: `demo_terms`): the sensors' readings, upserted
+    with options=update."""
     service = twin.tenant(DEFAULT_TENANT, create=True)
-    now = now_iso()
-    reader = EntityReader(terms, now=now)
-    items = []
+    reader = EntityReader(terms, now=now_iso())
+    items: list[BatchItem] = []
     for entity_id, fragment in demo.updates(rng, datetime.now(UTC)):
-        items.append((entity_id, reader.attributes(fragment, allow_null=False)))
-
-    def update(attrs: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any] | None:
-        if existing is None:
-            return None
-        doc = dict(existing)
-        append_attributes(doc, attrs, overwrite=True, now=now)
-        return doc
-
-    return len(service.batch(items, update, graph=DEMO_DATASET).success)
+        kind = entity_id.split(":")[2]  # urn:ngsi-ld:<type>:demo-<n>
+        items.append((entity_id, reader.entity({"id": entity_id, "type": kind, **fragment})))
+    result = service.upsert_many(
+        items, context=WriteContext.demo("sensor readings"), mode="update", graph=DEMO_DATASET
+    )
+    return len(result.success)
 
 
 def start_demo_devices(manager: SyncManager, broker_url: str, period: float) -> Callable[[], None]:

@@ -19,10 +19,11 @@ from typing import Any
 
 from urbis.ontology import ns
 from urbis.twin.caller_view import CallerView
-from urbis.twin.entities import EntityService, attribute_items
+from urbis.twin.entities import EntityService
 from urbis.twin.query.plan import EntityQuery
 from urbis.twin.query.sparql import iri
 from urbis.twin.query.typeexpr import TypeName
+from urbis.twin.writes import attribute_items
 
 _DOC = f"GRAPH {iri(ns.ENTITIES_GRAPH)} {{ ?e {iri(ns.URBIS + 'document')} ?doc }}"
 # Triples of the entity that are no attribute: its types, scope (an entity member), the

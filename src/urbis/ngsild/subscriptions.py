@@ -7,7 +7,7 @@ Three parts, each with one job:
   matching, with the subscription's @context;
 * `SubscriptionStore`: subscriptions per tenant, kept in the state store (twin/state), so they
   survive a restart and a crash, and served from memory;
-* `Notifier`: an `EntityService` listener only queues the committed change (bounded queue, never
+* `Notifier`: a `Twin` change listener only queues the committed change (bounded queue, never
   blocking a write); one background thread shows each changed entity to each subscription as
   its owner (who created it) may see it (the access port, twin/access.py), matches that
   against the subscription and POSTs Notification bodies (clause 5.3.1) with httpx, recording
@@ -35,7 +35,7 @@ import httpx
 import orjson
 
 from urbis.twin.access import ALLOW_ALL, AccessPolicy, Caller, ReadScope
-from urbis.twin.entities import EntityService
+from urbis.twin.changes import ChangeEvent
 from urbis.twin.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from urbis.twin.geo import parse_geoq
 from urbis.twin.iri import redact_in, redact_url
@@ -583,8 +583,8 @@ class _Pending:
 class Notifier:
     """Delivers notifications from one background thread; writers only enqueue.
 
-    `resolve` turns a subscription's @context into its terms (the API's ContextResolver);
-    `attach` hooks a tenant's EntityService once.
+    `resolve` turns a subscription's @context into its terms (the API's ContextResolver).
+    The notifier is a ChangeListener: `twin.listen(notifier)` hooks every tenant.
     """
 
     def __init__(
@@ -611,7 +611,6 @@ class Notifier:
         self._pending: dict[str, _Pending] = {}
         self._last_sent: dict[str, float] = {}
         self._filters: dict[tuple[str, str], tuple[str, Filter]] = {}
-        self._attached: dict[str, tuple[EntityService, Callable[..., None]]] = {}
         self._transport = transport
         self._guard = guard or OutboundGuard()  # endpoints: public addresses unless allowed
         self._client = self._new_client()
@@ -622,25 +621,10 @@ class Notifier:
 
     # -- wiring ---------------------------------------------------------------------------
 
-    def attach(self, tenant: str, service: EntityService) -> None:
-        """Listen to the tenant's committed writes (idempotent)."""
-        attached = self._attached.get(tenant)
-        if attached is not None and attached[0] is service:
-            return
-        self.detach(tenant)
-
-        def listener(changes: Sequence[Change]) -> None:
-            self.enqueue(tenant, changes)
-
-        service.listeners.append(listener)
-        self._attached[tenant] = (service, listener)
-
-    def detach(self, tenant: str) -> None:
-        """Stop listening to a tenant, and let go of its service (and so of its store)."""
-        attached = self._attached.pop(tenant, None)
-        if attached is not None:
-            with contextlib.suppress(ValueError):
-                attached[0].listeners.remove(attached[1])
+    def __call__(self, events: Sequence[ChangeEvent]) -> None:
+        """The Twin's listener: one transaction's events (one tenant), queued as changes."""
+        if events:
+            self.enqueue(events[0].tenant, [(e.old, e.new, e.graph) for e in events])
 
     def enqueue(self, tenant: str, changes: Sequence[Change]) -> None:
         """Called under the tenant's write lock: never blocks, counts what it must drop."""
@@ -680,8 +664,6 @@ class Notifier:
         if self._thread is not None:
             self._thread.join(timeout=self.timeout + 5)
             self._thread = None
-        for tenant in list(self._attached):
-            self.detach(tenant)
         self.store.flush()
         self._client.close()
 

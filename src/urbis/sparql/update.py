@@ -112,16 +112,8 @@ def check_update(update: str) -> set[str]:
 def apply_update(service: EntityService, update: str) -> set[str]:
     """Check, run atomically under the tenant's write lock, rebuild the spatial index."""
     graphs = check_update(update)
-    with service.lock:
-        service.store.sparql_update(update)
-        rebuild_index(service)
+    service.sparql_update(update)
     return graphs
-
-
-def rebuild_index(service: EntityService) -> None:
-    """Build a fresh index from the store and swap it in: readers never see a partial one."""
-    fresh = EntityService(service.store, max_scan=service.max_scan)
-    service.index = fresh.index
 
 
 def graphs_text(graphs: Iterable[str]) -> str:

@@ -1,4 +1,10 @@
-"""Entity operations on one tenant: the NGSI-LD semantics over the store contract.
+"""Entity operations on one tenant: every write mode of the twin, over the store contract.
+
+`EntityService` owns every write: the NGSI-LD operations of the HTTP API, the connectors'
+upserts, the demo's updates, the provenance records and checked SPARQL Updates. Each entity
+write takes a `WriteContext` (who, which source and run, why) and, once committed, tells the
+twin's listeners one `ChangeEvent` per entity changed (twin/changes.py); the semantics of each
+mode are in twin/writes.py.
 
 Every operation validates first and writes once: a batch's successful entities land in one
 store transaction, and a failed entity leaves nothing behind. Writes of a tenant are serialised
@@ -12,32 +18,35 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 import shapely
 from pyoxigraph import Quad
 
 from urbis.ontology import ns
-from urbis.twin.errors import (
-    AlreadyExists,
-    BadRequestData,
-    NgsiLdError,
-    ResourceNotFound,
-    TooComplexQuery,
-)
+from urbis.twin import provenance, writes
+from urbis.twin.changes import ChangeEvent, ChangeListeners, WriteContext
+from urbis.twin.errors import AlreadyExists, NgsiLdError, ResourceNotFound, TooComplexQuery
 from urbis.twin.geo import GeoQuery, SpatialIndex
-from urbis.twin.model import NULL_URI, VALUE_MEMBER
+from urbis.twin.model import now_iso
+from urbis.twin.provenance import DatasetInfo, SyncRun
 from urbis.twin.query.matcher import EntityMatcher
 from urbis.twin.query.plan import EntityQuery, plan
 from urbis.twin.query.sparql import iri
 from urbis.twin.query.typeexpr import type_names
-from urbis.twin.rdf import dump_document, entity_quads, geometry_owner, load_document
-from urbis.twin.store.base import TenantStore
+from urbis.twin.rdf import entity_quads, geometry_owner, load_document
+from urbis.twin.store.base import DEFAULT_TENANT, TenantStore
+from urbis.twin.writes import KEEP, Current, Operation, UpdateResult, UpsertMode, attribute_items
 
 log = logging.getLogger("urbis")
 Doc = dict[str, Any]
-VALUE_MEMBERS = frozenset(VALUE_MEMBER.values())
-Change = tuple[Doc | None, Doc | None, str]  # old and new document (None: absent), graph
+# A batch item: the entity's id and its parsed document, or the error found reading it.
+BatchItem = tuple[str | None, Doc | NgsiLdError]
+Change = tuple[Doc | None, Doc | None, str]  # old document, new document, dataset graph
+T = TypeVar("T")
+
+__all__ = ["BatchItem", "BatchResult", "EntityService", "QueryResult", "UpdateResult"]
 
 
 @dataclass
@@ -48,32 +57,37 @@ class QueryResult:
 
 @dataclass
 class BatchResult:
-    """Per-entity outcome of a batch (BatchOperationResult, clause 5.2.16)."""
+    """Per-entity outcome of a batch (BatchOperationResult, clause 5.2.16), and what the
+    successful entities were: created, written in another dataset, left unchanged."""
 
     success: list[str] = field(default_factory=list)
     errors: list[tuple[str | None, NgsiLdError]] = field(default_factory=list)
-
-
-@dataclass
-class UpdateResult:
-    """Attributes updated and not updated (UpdateResult, clause 5.2.18)."""
-
-    updated: list[str] = field(default_factory=list)
-    not_updated: list[tuple[str, str]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)  # did not exist before the batch
+    updated: list[str] = field(default_factory=list)  # existed, and were written
+    unchanged: list[str] = field(default_factory=list)  # already as asked: not written
+    foreign: list[str] = field(default_factory=list)  # of `updated`: in another dataset
 
 
 class EntityService:
-    """NGSI-LD entity semantics over one tenant's store, its spatial index and its lock."""
+    """NGSI-LD entity semantics over one tenant's store, its spatial index and its lock.
 
-    def __init__(self, store: TenantStore, *, max_scan: int = 200_000) -> None:
+    `listeners` are the twin's (shared by every tenant); a service built alone has its own.
+    """
+
+    def __init__(
+        self,
+        store: TenantStore,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        max_scan: int = 200_000,
+        listeners: ChangeListeners | None = None,
+    ) -> None:
         self.store = store
+        self.tenant = tenant
         self.lock = threading.RLock()
-        self.index = SpatialIndex()
         self.max_scan = max_scan
-        # Called with (old, new, graph) after each committed write, under the write lock: a
-        # listener must only hand the change on (subscriptions' notifier), never block.
-        self.listeners: list[Callable[[Sequence[Change]], None]] = []
-        self._load_index()
+        self.listeners = listeners if listeners is not None else ChangeListeners()
+        self.index = self._build_index()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -138,8 +152,9 @@ class EntityService:
                 hits.add(key[0])
         return hits
 
-    def _load_index(self) -> None:
+    def _build_index(self) -> SpatialIndex:
         """One scan of `geo:asWKT`: geometry node IRIs name their entity and attribute."""
+        index = SpatialIndex()
         keys: list[tuple[str, str, str]] = []
         texts: list[str] = []
         for node, wkt in self.store.select(
@@ -151,14 +166,275 @@ class EntityService:
             keys.append(geo_key(*owner))
             texts.append(wkt.split(">", 1)[1].strip() if wkt.startswith("<") else wkt)
         for key, geom in zip(keys, shapely.from_wkt(texts), strict=True):
-            self.index.add(key, geom)
+            index.add(key, geom)
+        return index
 
-    # -- writes -----------------------------------------------------------------------------
+    def entity_ids_in(self, graph: str) -> set[str]:
+        """The ids of the entities of one dataset (a source's graph)."""
+        query = (
+            f"SELECT ?e WHERE {{ GRAPH {iri(ns.ENTITIES_GRAPH)} "
+            f"{{ ?e {iri(ns.URBIS + 'dataset')} {iri(graph)} }} }}"
+        )
+        return {row[0] for row in self.store.select(query) if row[0] is not None}
 
-    def write(
-        self, changes: Sequence[tuple[Doc | None, Doc | None, str]], *, bulk: bool = False
+    def prestart_queries(self) -> None:
+        """Start the store's on-disk SPARQL query workers now, so the first /sparql finds one."""
+        pool = getattr(self.store, "disk_pool", None)
+        if pool is not None:
+            pool.prestart()
+
+    # -- writes: one entity -------------------------------------------------------------------
+
+    def create(self, doc: Doc, *, context: WriteContext, graph: str = ns.DEFAULT_DATASET) -> None:
+        """POST /entities."""
+        with self.lock:
+            if self.store.documents([doc["id"]]):
+                raise AlreadyExists(f"entity {doc['id']!r} already exists")
+            self._commit([(None, doc, graph)], context)
+
+    def replace(self, entity_id: str, doc: Doc, *, context: WriteContext) -> None:
+        """PUT /entities/{id}: new content, same identity and createdAt."""
+        with self.lock:
+            old, graph = self._existing(entity_id)
+            doc["createdAt"] = old.get("createdAt", doc["createdAt"])
+            self._commit([(old, doc, graph)], context)
+
+    def update_attributes(
+        self, entity_id: str, attrs: Doc, *, context: WriteContext, now: str | None = None
+    ) -> UpdateResult:
+        """PATCH /entities/{id}/attrs: only the attributes (and datasetIds) that exist."""
+        stamp = now or now_iso()
+        return self._modify(
+            entity_id, lambda doc: writes.update_attributes(doc, attrs, now=stamp), context
+        )
+
+    def append_attributes(
+        self,
+        entity_id: str,
+        attrs: Doc,
+        *,
+        context: WriteContext,
+        overwrite: bool = True,
+        now: str | None = None,
+    ) -> UpdateResult:
+        """POST /entities/{id}/attrs; `overwrite` False is options=noOverwrite."""
+        stamp = now or now_iso()
+        return self._modify(
+            entity_id,
+            lambda doc: writes.append_attributes(doc, attrs, overwrite=overwrite, now=stamp),
+            context,
+        )
+
+    def update_attribute(
+        self,
+        entity_id: str,
+        name: str,
+        patch: list[Doc],
+        *,
+        context: WriteContext,
+        now: str | None = None,
     ) -> None:
-        """Replace old documents by new ones (None: absent) in one transaction.
+        """PATCH /entities/{id}/attrs/{attr}: members merged into the existing instance."""
+        stamp = now or now_iso()
+        self._modify(
+            entity_id, lambda doc: writes.partial_update(doc, name, patch, now=stamp), context
+        )
+
+    def replace_attribute(
+        self,
+        entity_id: str,
+        name: str,
+        instances: list[Doc],
+        *,
+        context: WriteContext,
+        label: str | None = None,
+        now: str | None = None,
+    ) -> None:
+        """PUT /entities/{id}/attrs/{attr}; `label`: the name as the client wrote it."""
+        stamp = now or now_iso()
+        self._modify(
+            entity_id,
+            lambda doc: writes.replace_attribute(
+                doc, name, instances, label=label or name, now=stamp
+            ),
+            context,
+        )
+
+    def delete_attribute(
+        self,
+        entity_id: str,
+        name: str,
+        *,
+        context: WriteContext,
+        dataset_id: str | None = None,
+        delete_all: bool = False,
+        now: str | None = None,
+    ) -> None:
+        """DELETE /entities/{id}/attrs/{attr} (one instance by datasetId, or all of them)."""
+        stamp = now or now_iso()
+        self._modify(
+            entity_id,
+            lambda doc: writes.delete_attribute(
+                doc, name, dataset_id=dataset_id, delete_all=delete_all, now=stamp
+            ),
+            context,
+        )
+
+    def merge(
+        self, entity_id: str, patch: Doc, *, context: WriteContext, now: str | None = None
+    ) -> None:
+        """PATCH /entities/{id}: merge-patch (clause 5.6.17)."""
+        stamp = now or now_iso()
+        self._modify(entity_id, lambda doc: writes.merge_entity(doc, patch, now=stamp), context)
+
+    def delete(self, entity_id: str, *, context: WriteContext) -> None:
+        """DELETE /entities/{id}."""
+        with self.lock:
+            old, graph = self._existing(entity_id)
+            self._commit([(old, None, graph)], context)
+
+    def _modify(self, entity_id: str, change: Callable[[Doc], T], context: WriteContext) -> T:
+        """Read, change a copy, write back what changed; `change` returns the mode's result."""
+        with self.lock:
+            old, graph = self._existing(entity_id)
+            new = writes.copy_document(old)
+            result = change(new)
+            if new != old:
+                self._commit([(old, new, graph)], context)
+            return result
+
+    def _existing(self, entity_id: str) -> tuple[Doc, str]:
+        found = self.get_many([entity_id])
+        if entity_id not in found:
+            raise ResourceNotFound(f"entity {entity_id!r} not found")
+        return found[entity_id]
+
+    # -- writes: batches ----------------------------------------------------------------------
+
+    def create_many(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        context: WriteContext,
+        graph: str = ns.DEFAULT_DATASET,
+        bulk: bool = False,
+    ) -> BatchResult:
+        """POST /entityOperations/create: entities that exist already are errors."""
+        return self._batch(items, writes.create_op, context=context, graph=graph, bulk=bulk)
+
+    def upsert_many(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        context: WriteContext,
+        mode: UpsertMode | Callable[[Doc], UpsertMode] = "update",
+        graph: str = ns.DEFAULT_DATASET,
+        idempotent: bool = False,
+        own_graph: bool = False,
+        bulk: bool = False,
+    ) -> BatchResult:
+        """POST /entityOperations/upsert, and every connector's and the demo's writes.
+
+        `mode` "update" adds or overwrites the attributes sent (options=update), "replace"
+        writes the new content; a callable chooses per document. New entities go to `graph`.
+        `idempotent` and `own_graph`: see `writes.upsert_op`. `bulk` (offline loads only)
+        may trade the transaction for speed.
+        """
+        operation = writes.upsert_op(mode, graph=graph, idempotent=idempotent, own_graph=own_graph)
+        return self._batch(items, operation, context=context, graph=graph, bulk=bulk)
+
+    def update_many(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        context: WriteContext,
+        overwrite: bool = True,
+        now: str | None = None,
+    ) -> BatchResult:
+        """POST /entityOperations/update; `overwrite` False is options=noOverwrite."""
+        operation = writes.update_op(overwrite=overwrite, now=now or now_iso())
+        return self._batch(items, operation, context=context, graph=ns.DEFAULT_DATASET)
+
+    def merge_many(
+        self, items: Iterable[BatchItem], *, context: WriteContext, now: str | None = None
+    ) -> BatchResult:
+        """POST /entityOperations/merge."""
+        operation = writes.merge_op(now=now or now_iso())
+        return self._batch(items, operation, context=context, graph=ns.DEFAULT_DATASET)
+
+    def delete_many(self, items: Iterable[BatchItem], *, context: WriteContext) -> BatchResult:
+        """POST /entityOperations/delete (and a sync's tombstones); each item's document
+        needs only its id."""
+        return self._batch(items, writes.delete_op, context=context, graph=ns.DEFAULT_DATASET)
+
+    def _batch(
+        self,
+        items: Iterable[BatchItem],
+        operation: Operation,
+        *,
+        context: WriteContext,
+        graph: str,
+        bulk: bool = False,
+    ) -> BatchResult:
+        """Apply `operation(incoming, current)` per entity, then write once.
+
+        Errors of one entity never stop the others; a later item of the same entity sees what
+        the earlier ones made of it. New entities go to `graph`, existing ones stay in theirs.
+        """
+        result = BatchResult()
+        with self.lock:
+            prepared = list(items)
+            ids = [e for e, item in prepared if e is not None and not isinstance(item, NgsiLdError)]
+            stored = self.store.documents(ids)
+            before: dict[str, Current | None] = {}  # as the batch found them
+            staged: dict[str, tuple[Doc | None, str]] = {}  # id -> (new document, graph)
+            kept: list[str] = []
+            for entity_id, item in prepared:
+                if isinstance(item, NgsiLdError):
+                    result.errors.append((entity_id, item))
+                    continue
+                assert entity_id is not None
+                if entity_id not in before:
+                    found = stored.get(entity_id)
+                    before[entity_id] = Current(found[1], text=found[0]) if found else None
+                first = before[entity_id]
+                target = first.graph if first is not None else graph
+                current = first
+                if entity_id in staged:
+                    doc = staged[entity_id][0]
+                    current = Current(target, doc=doc) if doc is not None else None
+                try:
+                    outcome = operation(item, current)
+                except NgsiLdError as error:
+                    result.errors.append((entity_id, error))
+                    continue
+                result.success.append(entity_id)
+                if outcome is KEEP:
+                    kept.append(entity_id)
+                else:
+                    staged[entity_id] = (outcome, target)
+            changes: list[Change] = []
+            for entity_id, (new, target) in staged.items():
+                first = before[entity_id]
+                changes.append((first.doc if first is not None else None, new, target))
+                if first is None:
+                    if new is not None:
+                        result.created.append(entity_id)
+                elif new is not None:
+                    result.updated.append(entity_id)
+                    if target != graph:
+                        result.foreign.append(entity_id)
+            result.unchanged = [e for e in dict.fromkeys(kept) if e not in staged]
+            self._commit(changes, context, bulk=bulk)
+        return result
+
+    # -- the commit: one transaction, the spatial index, the events ---------------------------
+
+    def _commit(
+        self, changes: Sequence[Change], context: WriteContext, *, bulk: bool = False
+    ) -> None:
+        """Replace old documents by new ones (None: absent) in one transaction, then tell the
+        listeners (under the tenant's lock, so they hear the commits in order).
 
         Only the difference between the old and new quads reaches the store, so a PATCH of one
         attribute costs a handful of quads, not the whole entity.
@@ -173,6 +449,8 @@ class EntityService:
             new_quads = set(entity_quads(new, graph)) if new is not None else set()
             remove.extend(old_quads - new_quads)
             add.extend(new_quads - old_quads)
+        if not remove and not add:  # the document is part of the quads: nothing changed
+            return
         self.store.apply(remove, add, bulk=bulk)
         for old, _, _ in changes:
             if old is not None:
@@ -182,259 +460,42 @@ class EntityService:
             item for _, new, _ in changes if new is not None for item in _geo_values(new)
         )
         if self.listeners:
-            self._tell_listeners(changes)
+            self.listeners.publish(self._events(changes, context))
 
-    def _tell_listeners(self, changed: Sequence[Change]) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(changed)
-            except Exception:  # a listener's bug must never fail a committed write
-                log.exception("entity change listener failed")
+    def _events(self, changes: Sequence[Change], context: WriteContext) -> list[ChangeEvent]:
+        committed = now_iso()
+        events = []
+        for old, new, graph in changes:
+            doc = new if new is not None else old
+            if doc is not None and old != new:
+                events.append(
+                    ChangeEvent(self.tenant, doc["id"], old, new, graph, context, committed)
+                )
+        return events
 
-    def create(self, doc: Doc, graph: str = ns.DEFAULT_DATASET) -> None:
+    # -- writes beside the entities: provenance, SPARQL Update --------------------------------
+
+    def describe_dataset(self, info: DatasetInfo, now: datetime) -> None:
+        """The dataset's DCAT description in the metadata graph (its run history stays)."""
         with self.lock:
-            if self.store.documents([doc["id"]]):
-                raise AlreadyExists(f"entity {doc['id']!r} already exists")
-            self.write([(None, doc, graph)])
+            provenance.describe_dataset(self.store, info, now)
 
-    def delete(self, entity_id: str) -> None:
+    def record_run(self, run: SyncRun, *, replacing: SyncRun | None = None) -> None:
+        """A sync run (or live session) in the metadata graph; `replacing`: the same
+        activity's previous record, whose counts and end time go (one transaction)."""
         with self.lock:
-            old, graph = self._existing(entity_id)
-            self.write([(old, None, graph)])
+            provenance.record_run(self.store, run, replacing=replacing)
 
-    def replace(self, entity_id: str, new: Doc) -> None:
-        """PUT /entities/{id}: new content, same identity and createdAt."""
+    def sparql_update(self, update: str) -> None:
+        """A SPARQL Update that sparql/update.py checked (it never writes entity graphs),
+        atomically under the write lock; the spatial index is rebuilt from the store after."""
         with self.lock:
-            old, graph = self._existing(entity_id)
-            new["createdAt"] = old.get("createdAt", new["createdAt"])
-            self.write([(old, new, graph)])
+            self.store.sparql_update(update)
+            self.rebuild_index()
 
-    def modify(self, entity_id: str, change: Callable[[Doc], Any]) -> Any:
-        """Read, change a copy, write back; `change` returns the operation's result."""
-        with self.lock:
-            old, graph = self._existing(entity_id)
-            new = load_document(dump_document(old))
-            result = change(new)
-            if new != old:
-                self.write([(old, new, graph)])
-            return result
-
-    def _existing(self, entity_id: str) -> tuple[Doc, str]:
-        found = self.get_many([entity_id])
-        if entity_id not in found:
-            raise ResourceNotFound(f"entity {entity_id!r} not found")
-        return found[entity_id]
-
-    # -- batches ----------------------------------------------------------------------------
-
-    def batch(
-        self,
-        items: Iterable[tuple[str | None, Doc | NgsiLdError]],
-        operation: Callable[[Doc, Doc | None], Doc | None],
-        graph: str = ns.DEFAULT_DATASET,
-        *,
-        bulk: bool = False,
-    ) -> BatchResult:
-        """Apply `operation(incoming, existing) -> new document or None (delete)` per entity.
-
-        `items` carries each entity's id and either its parsed document or the error found
-        while reading it; errors of one entity never stop the others.
-        """
-        result = BatchResult()
-        with self.lock:
-            prepared = [(eid, item) for eid, item in items]
-            ids = [e for e, item in prepared if e is not None and not isinstance(item, NgsiLdError)]
-            existing = self.get_many(ids)
-            staged: dict[str, tuple[Doc | None, Doc | None, str]] = {}
-            for entity_id, item in prepared:
-                if isinstance(item, NgsiLdError):
-                    result.errors.append((entity_id, item))
-                    continue
-                assert entity_id is not None
-                if entity_id in staged:  # a later item in the same batch sees the earlier one
-                    before, current, target = staged[entity_id]
-                else:
-                    before, target = existing.get(entity_id, (None, graph))
-                    current = before
-                try:
-                    new = operation(item, current)
-                except NgsiLdError as error:
-                    result.errors.append((entity_id, error))
-                    continue
-                staged[entity_id] = (before, new, target)
-                result.success.append(entity_id)
-            self.write(list(staged.values()), bulk=bulk)
-        return result
-
-
-# -- attribute-level merge operations (used by the API's PATCH/POST handlers) ---------------
-
-
-def stamp(doc: Doc, now: str) -> None:
-    doc["modifiedAt"] = now
-
-
-def attribute_items(doc: Doc) -> Iterable[tuple[str, list[Doc]]]:
-    return ((k, v) for k, v in doc.items() if isinstance(v, list) and k not in ("type", "scope"))
-
-
-def upsert_instances(current: list[Doc], incoming: list[Doc], *, keep_created: bool) -> list[Doc]:
-    """Replace instances with the same datasetId, keep the others (clause 5.6.3)."""
-    merged = list(current)
-    for inst in incoming:
-        dataset = inst.get("datasetId")
-        for i, old in enumerate(merged):
-            if old.get("datasetId") == dataset:
-                if keep_created and "createdAt" in old:
-                    inst["createdAt"] = old["createdAt"]
-                merged[i] = inst
-                break
-        else:
-            merged.append(inst)
-    return merged
-
-
-def append_attributes(doc: Doc, attrs: Doc, *, overwrite: bool, now: str) -> UpdateResult:
-    """POST /entities/{id}/attrs and upsert with options=update."""
-    result = UpdateResult()
-    for name, instances in attrs.items():
-        current = doc.get(name)
-        if current is not None and not overwrite:
-            existing = {i.get("datasetId") for i in current}
-            fresh = [i for i in instances if i.get("datasetId") not in existing]
-            if not fresh:
-                result.not_updated.append((name, "attribute exists and noOverwrite is set"))
-                continue
-            instances = fresh
-        doc[name] = upsert_instances(current or [], instances, keep_created=True)
-        result.updated.append(name)
-    stamp(doc, now)
-    return result
-
-
-def update_attributes(doc: Doc, attrs: Doc, *, now: str) -> UpdateResult:
-    """PATCH /entities/{id}/attrs: only attributes (and datasetIds) that exist are updated."""
-    result = UpdateResult()
-    for name, instances in attrs.items():
-        current = doc.get(name)
-        if current is None:
-            result.not_updated.append((name, "attribute does not exist"))
-            continue
-        existing = {i.get("datasetId") for i in current}
-        known = [i for i in instances if i.get("datasetId") in existing]
-        if not known:
-            result.not_updated.append((name, "no instance with this datasetId"))
-            continue
-        doc[name] = upsert_instances(current, known, keep_created=True)
-        result.updated.append(name)
-    stamp(doc, now)
-    return result
-
-
-def merge_instance(old: Doc, patch: Doc) -> Doc | None:
-    """Merge-patch of one instance (clause 5.6.17): given members replace, null deletes."""
-    if _is_null(patch):  # deletes the instance whatever else it carries (datasetId, observedAt)
-        return None
-    merged = dict(old)
-    if patch.get("type") and patch["type"] != old.get("type"):
-        merged = {k: v for k, v in merged.items() if k not in VALUE_MEMBERS}
-    for key, value in patch.items():
-        if key == "createdAt":
-            continue
-        if isinstance(value, list) and key not in ("type",) and ":" in key:
-            sub = merged.get(key)
-            merged[key] = merge_attribute(sub, value) if sub else value
-            if not merged[key]:
-                del merged[key]
-        elif value == NULL_URI:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return merged
-
-
-def merge_attribute(current: list[Doc], patch: list[Doc]) -> list[Doc]:
-    out = list(current)
-    for inst in patch:
-        for i, old in enumerate(out):
-            if old.get("datasetId") == inst.get("datasetId"):
-                merged = merge_instance(old, inst)
-                if merged is None:
-                    out.pop(i)
-                else:
-                    out[i] = merged
-                break
-        else:
-            if not _is_null(inst):
-                out.append(inst)
-    return out
-
-
-def merge_entity(doc: Doc, patch: Doc, *, now: str) -> None:
-    """PATCH /entities/{id} and batch merge: merge-patch semantics over attributes."""
-    for name, instances in patch.items():
-        if name in ("id", "type", "scope", "createdAt", "modifiedAt"):
-            continue
-        current = doc.get(name)
-        merged = (
-            merge_attribute(current, instances)
-            if current
-            else [i for i in instances if not _is_null(i)]
-        )
-        if merged:
-            doc[name] = merged
-        else:
-            doc.pop(name, None)
-    if "type" in patch:
-        doc["type"] = list(dict.fromkeys(doc["type"] + patch["type"]))
-    if "scope" in patch:
-        doc["scope"] = patch["scope"]
-    stamp(doc, now)
-
-
-def _is_null(inst: Doc) -> bool:
-    return any(inst.get(m) == NULL_URI for m in VALUE_MEMBERS)
-
-
-def delete_attribute(doc: Doc, name: str, *, dataset_id: str | None, delete_all: bool) -> None:
-    """DELETE /entities/{id}/attrs/{attr} (clause 5.6.5)."""
-    current = doc.get(name)
-    if not isinstance(current, list) or name in ("type", "scope"):
-        raise ResourceNotFound(f"attribute {name!r} not found")
-    if delete_all:
-        del doc[name]
-        return
-    kept = [i for i in current if i.get("datasetId") != dataset_id]
-    if len(kept) == len(current):
-        which = f"with datasetId {dataset_id!r}" if dataset_id else "without datasetId (default)"
-        raise ResourceNotFound(f"attribute {name!r} has no instance {which}")
-    if kept:
-        doc[name] = kept
-    else:
-        del doc[name]
-
-
-def partial_update(doc: Doc, name: str, patch: list[Doc], *, now: str) -> None:
-    """PATCH /entities/{id}/attrs/{attr}: merge the given members into the existing instance."""
-    current = doc.get(name)
-    if not isinstance(current, list):
-        raise ResourceNotFound(f"attribute {name!r} not found")
-    for inst in patch:
-        target = next((o for o in current if o.get("datasetId") == inst.get("datasetId")), None)
-        if target is None:
-            raise ResourceNotFound(
-                f"attribute {name!r} has no instance with datasetId {inst.get('datasetId')!r}"
-            )
-        if inst.get("type") and inst["type"] != target.get("type") and not _is_null(inst):
-            raise BadRequestData(
-                f"attribute {name!r} is a {target.get('type')}, not a {inst['type']}"
-            )
-    doc[name] = merge_attribute(current, patch)
-    if not doc[name]:  # its last instance deleted by urn:ngsi-ld:null: the attribute goes
-        del doc[name]
-    for inst in doc.get(name, ()):
-        inst["modifiedAt"] = now
-    stamp(doc, now)
+    def rebuild_index(self) -> None:
+        """Build a fresh index from the store and swap it in: readers never see a partial one."""
+        self.index = self._build_index()
 
 
 # -- spatial index bookkeeping ----------------------------------------------------------------

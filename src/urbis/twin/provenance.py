@@ -216,10 +216,18 @@ def describe_dataset(store: TenantStore, info: DatasetInfo, now: datetime) -> No
     store.apply(old, dataset_quads(info, now))
 
 
-def record_run(store: TenantStore, run: SyncRun) -> None:
-    """Add a sync run; the dataset now `prov:wasGeneratedBy` it and was modified at its end."""
+def record_run(store: TenantStore, run: SyncRun, *, replacing: SyncRun | None = None) -> None:
+    """Add a sync run; the dataset now `prov:wasGeneratedBy` it and was modified at its end.
+
+    `replacing`: the previous record of the same activity (a live session brought up to
+    date), whose counts and end time are removed in the same transaction.
+    """
     ds = NamedNode(run.graph)
     old = [q for q in _statements(store, run.graph) if q.predicate.value in _RUN_OWNED]
+    if replacing is not None:
+        activity = NamedNode(run_iri(run.run_id))
+        fresh = set(run_quads(run))
+        old += [q for q in run_quads(replacing) if q.subject == activity and q not in fresh]
     new = [
         *run_quads(run),
         Quad(ds, _GENERATED_BY, NamedNode(run_iri(run.run_id)), _G),

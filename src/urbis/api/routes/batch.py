@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from urbis.api.deps import ServiceDep, StateDep, ViewDep, reads, resolve_context
+from urbis.api.deps import ServiceDep, StateDep, ViewDep, WriterDep, reads, resolve_context
 from urbis.api.http import (
     JSON,
     JSONLD,
@@ -22,15 +22,10 @@ from urbis.api.http import (
 from urbis.api.params import boolean, entity_query, integer, options, representation
 from urbis.api.render import entity_response, render_entities
 from urbis.api.responses import json_response
-from urbis.twin.entities import (
-    BatchResult,
-    append_attributes,
-    attribute_items,
-    merge_entity,
-    update_attributes,
-)
-from urbis.twin.errors import AlreadyExists, BadRequestData, NgsiLdError, ResourceNotFound
+from urbis.twin.entities import BatchItem, BatchResult
+from urbis.twin.errors import BadRequestData, NgsiLdError
 from urbis.twin.model import EntityReader, check_uri, now_iso
+from urbis.twin.writes import UpsertMode
 
 router = APIRouter(prefix="/ngsi-ld/v1/entityOperations", tags=["batch"])
 Doc = dict[str, Any]
@@ -54,11 +49,11 @@ async def _items(request: Request, state: StateDep) -> tuple[list[Any], Any]:
 
 def _parse(
     state: StateDep, request: Request, items: list[Any], link: Any, read: Reader
-) -> list[tuple[str | None, Doc | NgsiLdError]]:
+) -> list[BatchItem]:
     """Read every entity on its own, so one bad entity is reported and the rest go on."""
     ld = media_type(request) == JSONLD
     now = now_iso()
-    parsed: list[tuple[str | None, Doc | NgsiLdError]] = []
+    parsed: list[BatchItem] = []
     for item in items:
         entity_id = item.get("id") if isinstance(item, dict) else None
         try:
@@ -105,91 +100,59 @@ def _fragment(reader: EntityReader, item: dict[str, Any]) -> Doc:
 
 @router.post("/create")
 @router.post("/create/", include_in_schema=False)
-async def batch_create(request: Request, state: StateDep, service: ServiceDep) -> Response:
+async def batch_create(
+    request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
+) -> Response:
     items, link = await _items(request, state)
     parsed = await run_in_threadpool(_parse, state, request, items, link, _entity)
-
-    def create(new: Doc, existing: Doc | None) -> Doc:
-        if existing is not None:
-            raise AlreadyExists(f"entity {new['id']!r} already exists")
-        return new
-
-    result = await run_in_threadpool(service.batch, parsed, create)
+    result = await run_in_threadpool(service.create_many, parsed, context=writer)
     return _result(result, created=result.success)
 
 
 @router.post("/upsert")
 @router.post("/upsert/", include_in_schema=False)
-async def batch_upsert(request: Request, state: StateDep, service: ServiceDep) -> Response:
+async def batch_upsert(
+    request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
+) -> Response:
     opts = options(request.query_params, frozenset({"update", "replace"}))
     if opts == {"update", "replace"}:
         raise BadRequestData("options=update and options=replace exclude each other")
     items, link = await _items(request, state)
     parsed = await run_in_threadpool(_parse, state, request, items, link, _entity)
-    created: list[str] = []
-
-    def upsert(new: Doc, existing: Doc | None) -> Doc:
-        if existing is None:
-            created.append(new["id"])
-            return new
-        if "update" in opts:  # FIWARE IoT agents: add or overwrite the attributes sent
-            doc = dict(existing)
-            doc["type"] = list(dict.fromkeys(existing["type"] + new["type"]))
-            attrs = dict(attribute_items(new))
-            append_attributes(doc, attrs, overwrite=True, now=new["modifiedAt"])
-            return doc
-        new["createdAt"] = existing.get("createdAt", new["createdAt"])
-        return new
-
-    result = await run_in_threadpool(service.batch, parsed, upsert)
-    created = [c for c in dict.fromkeys(created) if c in result.success]
-    return _result(result, created=created)
+    mode: UpsertMode = "update" if "update" in opts else "replace"
+    result = await run_in_threadpool(service.upsert_many, parsed, context=writer, mode=mode)
+    return _result(result, created=result.created)
 
 
 @router.post("/update")
 @router.post("/update/", include_in_schema=False)
-async def batch_update(request: Request, state: StateDep, service: ServiceDep) -> Response:
+async def batch_update(
+    request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
+) -> Response:
     opts = options(request.query_params, frozenset({"noOverwrite"}))
     items, link = await _items(request, state)
     parsed = await run_in_threadpool(_parse, state, request, items, link, _fragment)
-
-    def update(new: Doc, existing: Doc | None) -> Doc:
-        if existing is None:
-            raise ResourceNotFound(f"entity {new['id']!r} not found")
-        doc = dict(existing)
-        attrs = dict(attribute_items(new))
-        now = now_iso()
-        if "noOverwrite" in opts:
-            append_attributes(doc, attrs, overwrite=False, now=now)
-        else:
-            outcome = update_attributes(doc, attrs, now=now)
-            if outcome.not_updated and not outcome.updated:
-                names = ", ".join(n for n, _ in outcome.not_updated)
-                raise ResourceNotFound(f"entity {new['id']!r} has none of: {names}")
-        return doc
-
-    return _result(await run_in_threadpool(service.batch, parsed, update))
+    overwrite = "noOverwrite" not in opts
+    return _result(
+        await run_in_threadpool(service.update_many, parsed, context=writer, overwrite=overwrite)
+    )
 
 
 @router.post("/merge")
 @router.post("/merge/", include_in_schema=False)
-async def batch_merge(request: Request, state: StateDep, service: ServiceDep) -> Response:
+async def batch_merge(
+    request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
+) -> Response:
     items, link = await _items(request, state)
     parsed = await run_in_threadpool(_parse, state, request, items, link, _fragment)
-
-    def merge(patch: Doc, existing: Doc | None) -> Doc:
-        if existing is None:
-            raise ResourceNotFound(f"entity {patch['id']!r} not found")
-        doc = dict(existing)
-        merge_entity(doc, patch, now=now_iso())
-        return doc
-
-    return _result(await run_in_threadpool(service.batch, parsed, merge))
+    return _result(await run_in_threadpool(service.merge_many, parsed, context=writer))
 
 
 @router.post("/delete")
 @router.post("/delete/", include_in_schema=False)
-async def batch_delete(request: Request, state: StateDep, service: ServiceDep) -> Response:
+async def batch_delete(
+    request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
+) -> Response:
     kind = media_type(request)
     if kind not in (JSON, JSONLD):
         raise UnsupportedMediaType("a batch delete body is a JSON array of entity ids")
@@ -202,19 +165,13 @@ async def batch_delete(request: Request, state: StateDep, service: ServiceDep) -
         raise BadRequestData(
             f"the batch has {len(body)} items; the limit is {state.settings.max_batch_size}"
         )
-    parsed: list[tuple[str | None, Doc | NgsiLdError]] = []
+    parsed: list[BatchItem] = []
     for item in body:
         try:
             parsed.append((check_uri(item, "entity id"), {"id": item}))
         except NgsiLdError as error:
             parsed.append((item if isinstance(item, str) else None, error))
-
-    def delete(target: Doc, existing: Doc | None) -> None:
-        if existing is None:
-            raise ResourceNotFound(f"entity {target['id']!r} not found")
-        return None
-
-    return _result(await run_in_threadpool(service.batch, parsed, delete))
+    return _result(await run_in_threadpool(service.delete_many, parsed, context=writer))
 
 
 @router.post("/query")

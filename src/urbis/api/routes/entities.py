@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from urbis.api.deps import (
@@ -14,6 +15,7 @@ from urbis.api.deps import (
     ServiceDep,
     StateDep,
     ViewDep,
+    WriterDep,
     resolve_context_async,
 )
 from urbis.api.errors import render
@@ -22,16 +24,9 @@ from urbis.api.http import GEOJSON, accept, entity_body
 from urbis.api.params import entity_query, expanded_names, options, query_source, representation
 from urbis.api.render import entity_response, render_entities
 from urbis.api.responses import json_response
-from urbis.twin.entities import (
-    UpdateResult,
-    append_attributes,
-    delete_attribute,
-    merge_entity,
-    partial_update,
-    update_attributes,
-)
+from urbis.twin.entities import UpdateResult
 from urbis.twin.errors import BadRequestData, OperationNotSupported, ResourceNotFound
-from urbis.twin.model import EntityReader, check_uri, now_iso
+from urbis.twin.model import EntityReader, check_uri
 from urbis.twin.query.typeexpr import parse_types
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["entities"])
@@ -71,10 +66,12 @@ def _update_result(result: UpdateResult, ctx: LdContext) -> Response:
 
 @router.post("/entities", status_code=201)
 @router.post("/entities/", status_code=201, include_in_schema=False)
-async def create_entity(request: Request, state: StateDep, service: ServiceDep) -> Response:
+async def create_entity(
+    request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
+) -> Response:
     body, ctx = await _body(request, state)
     doc = state.reader(ctx.terms).entity(_object(body, "an entity"))
-    service.create(doc)
+    await run_in_threadpool(service.create, doc, context=writer)
     return Response(status_code=201, headers={"Location": BASE + quote(doc["id"], safe=":/")})
 
 
@@ -170,53 +167,68 @@ async def retrieve_entity(  # async: one key lookup, cheaper than a worker-threa
 
 @router.delete("/entities/{entity_id:path}/attrs/{attr}", status_code=204)
 def delete_entity_attribute(
-    entity_id: str, attr: str, request: Request, service: ServiceDep, ctx: ContextDep
+    entity_id: str,
+    attr: str,
+    request: Request,
+    service: ServiceDep,
+    ctx: ContextDep,
+    writer: WriterDep,
 ) -> Response:
     check_uri(entity_id, "entity id")
     params = request.query_params
-    dataset_id = params.get("datasetId")
-    delete_all = (params.get("deleteAll") or "false").lower() == "true"
-    name = ctx.terms.expand(attr)
-    now = now_iso()
-
-    def change(doc: dict[str, Any]) -> None:
-        delete_attribute(doc, name, dataset_id=dataset_id, delete_all=delete_all)
-        doc["modifiedAt"] = now
-
-    service.modify(entity_id, change)
+    service.delete_attribute(
+        entity_id,
+        ctx.terms.expand(attr),
+        context=writer,
+        dataset_id=params.get("datasetId"),
+        delete_all=(params.get("deleteAll") or "false").lower() == "true",
+    )
     return Response(status_code=204)
 
 
 @router.patch("/entities/{entity_id:path}/attrs/{attr}", status_code=204)
 async def update_entity_attribute(
-    entity_id: str, attr: str, request: Request, state: StateDep, service: ServiceDep
+    entity_id: str,
+    attr: str,
+    request: Request,
+    state: StateDep,
+    service: ServiceDep,
+    writer: WriterDep,
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state, patch=True)
     reader = state.reader(ctx.terms)
     name = ctx.terms.expand(attr)
     patch = reader.instances(attr, _strip_context(body), allow_null=True)
-    service.modify(entity_id, lambda doc: partial_update(doc, name, patch, now=reader.now))
+    await run_in_threadpool(
+        service.update_attribute, entity_id, name, patch, context=writer, now=reader.now
+    )
     return Response(status_code=204)
 
 
 @router.put("/entities/{entity_id:path}/attrs/{attr}", status_code=204)
 async def replace_entity_attribute(
-    entity_id: str, attr: str, request: Request, state: StateDep, service: ServiceDep
+    entity_id: str,
+    attr: str,
+    request: Request,
+    state: StateDep,
+    service: ServiceDep,
+    writer: WriterDep,
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state)
     reader = state.reader(ctx.terms)
     name = ctx.terms.expand(attr)
     instances = reader.instances(attr, _strip_context(body), allow_null=False)
-
-    def change(doc: dict[str, Any]) -> None:
-        if name not in doc:
-            raise ResourceNotFound(f"attribute {attr!r} not found")
-        doc[name] = instances
-        doc["modifiedAt"] = reader.now
-
-    service.modify(entity_id, change)
+    await run_in_threadpool(
+        service.replace_attribute,
+        entity_id,
+        name,
+        instances,
+        context=writer,
+        label=attr,
+        now=reader.now,
+    )
     return Response(status_code=204)
 
 
@@ -229,16 +241,20 @@ def _strip_context(body: Any) -> Any:
 @router.post("/entities/{entity_id:path}/attrs", status_code=204)
 @router.post("/entities/{entity_id:path}/attrs/", status_code=204, include_in_schema=False)
 async def append_entity_attributes(
-    entity_id: str, request: Request, state: StateDep, service: ServiceDep
+    entity_id: str, request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
 ) -> Response:
     check_uri(entity_id, "entity id")
     opts = options(request.query_params, frozenset({"noOverwrite"}))
     body, ctx = await _body(request, state)
     reader = state.reader(ctx.terms)
     attrs = reader.attributes(_object(body, "the attributes"), allow_null=False)
-    overwrite = "noOverwrite" not in opts
-    result = service.modify(
-        entity_id, lambda doc: append_attributes(doc, attrs, overwrite=overwrite, now=reader.now)
+    result = await run_in_threadpool(
+        service.append_attributes,
+        entity_id,
+        attrs,
+        context=writer,
+        overwrite="noOverwrite" not in opts,
+        now=reader.now,
     )
     return _update_result(result, ctx)
 
@@ -246,42 +262,46 @@ async def append_entity_attributes(
 @router.patch("/entities/{entity_id:path}/attrs", status_code=204)
 @router.patch("/entities/{entity_id:path}/attrs/", status_code=204, include_in_schema=False)
 async def update_entity_attributes(
-    entity_id: str, request: Request, state: StateDep, service: ServiceDep
+    entity_id: str, request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state)
     reader = state.reader(ctx.terms)
     attrs = reader.attributes(_object(body, "the attributes"), allow_null=False)
-    result = service.modify(entity_id, lambda doc: update_attributes(doc, attrs, now=reader.now))
+    result = await run_in_threadpool(
+        service.update_attributes, entity_id, attrs, context=writer, now=reader.now
+    )
     return _update_result(result, ctx)
 
 
 @router.delete("/entities/{entity_id:path}", status_code=204)
-def delete_entity(entity_id: str, request: Request, service: ServiceDep) -> Response:
+def delete_entity(
+    entity_id: str, request: Request, service: ServiceDep, writer: WriterDep
+) -> Response:
     check_uri(entity_id, "entity id")
-    service.delete(entity_id)
+    service.delete(entity_id, context=writer)
     return Response(status_code=204)
 
 
 @router.put("/entities/{entity_id:path}", status_code=204)
 async def replace_entity(
-    entity_id: str, request: Request, state: StateDep, service: ServiceDep
+    entity_id: str, request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state)
     doc = state.reader(ctx.terms).entity(_object(body, "an entity"), entity_id=entity_id)
-    service.replace(entity_id, doc)
+    await run_in_threadpool(service.replace, entity_id, doc, context=writer)
     return Response(status_code=204)
 
 
 @router.patch("/entities/{entity_id:path}", status_code=204)
 async def merge_entity_route(
-    entity_id: str, request: Request, state: StateDep, service: ServiceDep
+    entity_id: str, request: Request, state: StateDep, service: ServiceDep, writer: WriterDep
 ) -> Response:
     check_uri(entity_id, "entity id")
     body, ctx = await _body(request, state, patch=True)
     patch = _merge_patch(_object(body, "a merge-patch"), state.reader(ctx.terms), entity_id)
-    service.modify(entity_id, lambda doc: merge_entity(doc, patch, now=now_iso()))
+    await run_in_threadpool(service.merge, entity_id, patch, context=writer)
     return Response(status_code=204)
 
 

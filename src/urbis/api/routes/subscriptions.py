@@ -66,7 +66,6 @@ async def create_subscription(
     sub = Subscription(body=parsed, context=context, created_at=now, modified_at=now, owner=caller)
     tenant = tenant_name(request)
     await run_in_threadpool(notifier.store.add, tenant, sub)  # a durable commit: off the loop
-    notifier.attach(tenant, service)
     return Response(status_code=201, headers={"Location": BASE + quote(sub.id, safe=":/")})
 
 
