@@ -21,6 +21,7 @@ from urbis.api.deps import AppState
 from urbis.api.settings import Settings
 from urbis.ontology import ns
 from urbis.twin.access import REMOTE_GRAPH, AccessDenied, Caller
+from urbis.twin.changes import WriteContext
 
 Doc = dict[str, Any]
 DEFAULT = ns.DEFAULT_DATASET  # what the API writes: readable, transformed
@@ -157,7 +158,7 @@ def store_entity(app: FastAPI, raw: Doc, graph: str, tenant: str = "") -> None:
     path, listeners included): the API writes into the default dataset only."""
     state = state_of(app)
     doc = state.reader(state.resolver.resolve(None)).entity(dict(raw))
-    state.twin.tenant(tenant, create=True).create(doc, graph)
+    state.twin.tenant(tenant, create=True).create(doc, context=WriteContext.admin(), graph=graph)
 
 
 def load_city(admin: TestClient) -> None:

@@ -38,6 +38,7 @@ from urbis.cli.export import _write_tenant, exported_graphs
 from urbis.ngsild.subscriptions import SUBSCRIPTION_ADMIN, Notifier, Subscription
 from urbis.testing.server import running_server
 from urbis.twin.access import ALLOW_ALL, Caller
+from urbis.twin.state.sqlite import SqliteStateStore
 from urbis.twin.store.oxigraph import OxigraphBackend
 
 SUBS = "/ngsi-ld/v1/subscriptions"
@@ -127,8 +128,10 @@ def test_a_subscription_keeps_its_owner(tmp_path: Path) -> None:
     assert Subscription.from_json(legacy).owner == SUBSCRIPTION_ADMIN
     with city_app(CityPolicy(), settings(data_dir=tmp_path), load=False) as (admin, _):
         subscribe(admin, "http://127.0.0.1:9/notify")
-    stored = (tmp_path / "subscriptions" / "_default.json").read_text()
-    assert '"owner"' in stored and '"admin": true' in stored
+    stored = [
+        doc for _, doc in SqliteStateStore(tmp_path / "state.sqlite3").list("subscriptions", "")
+    ]
+    assert [doc["owner"]["admin"] for doc in stored] == [True]
 
 
 # -- federated reads ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pyoxigraph import Store
 
+from urbis.twin.changes import WriteContext
 from urbis.twin.entities import EntityService
 from urbis.twin.geo import parse_geoq
 from urbis.twin.query.matcher import EntityMatcher
@@ -101,7 +102,7 @@ QUERIES: list[EntityQuery] = [
 def service() -> EntityService:
     twin = EntityService(OxigraphTenant(Store()))
     for doc in DOCS:
-        twin.create(doc)
+        twin.create(doc, context=WriteContext.admin())
     return twin
 
 
