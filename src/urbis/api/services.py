@@ -126,7 +126,7 @@ class Services:
             self.registrations,
             self.resolver,
             self.outbound,
-            alias=broker_alias(settings.federation_alias, data_dir),
+            alias=broker_alias(settings.federation_alias, self.durable, data_dir),
             timeout=settings.federation_timeout,
             max_window=settings.federation_max_window,
         )
