@@ -35,9 +35,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from urbis.connectors.definition import SourceDefinition
 from urbis.connectors.live import LiveManager
 from urbis.connectors.sync import SyncManager
+from urbis.ngsild.contexts import ContextRegistry
 from urbis.testing.mosquitto import running_mosquitto
 from urbis.twin.changes import ChangeEvent
-from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.context import ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.outbound import OutboundGuard
 from urbis.twin.store.oxigraph import OxigraphBackend

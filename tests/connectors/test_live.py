@@ -31,10 +31,11 @@ from urbis.connectors.mqtt import MeasureUpdate, MqttConnector
 from urbis.connectors.quarantine import Quarantine
 from urbis.connectors.registry import ConnectorRegistry
 from urbis.connectors.sync import SyncManager
+from urbis.ngsild.contexts import ContextRegistry
 from urbis.ontology import ns
 from urbis.testing.mosquitto import Mosquitto, running_mosquitto
 from urbis.testing.server import running_server
-from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.context import ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.entities import EntityService
 from urbis.twin.outbound import OutboundGuard

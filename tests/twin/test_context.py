@@ -23,6 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from urbis.ngsild.contexts import (
+    CONTEXTS,
+    PACKAGED_CONTEXTS,
+    ContextRegistry,
+    import_legacy_contexts,
+)
 from urbis.ontology.core_context import (
     CORE_CONTEXT,
     DEFAULT_CORE_CONTEXT_URL,
@@ -31,14 +37,7 @@ from urbis.ontology.core_context import (
     core_context_document,
     is_core_context_url,
 )
-from urbis.twin.context import (
-    CONTEXTS,
-    PACKAGED_CONTEXTS,
-    ContextRegistry,
-    ContextResolver,
-    TermMap,
-    import_legacy_contexts,
-)
+from urbis.twin.context import ContextResolver, TermMap
 from urbis.twin.errors import (
     BadRequestData,
     LdContextNotAvailable,

@@ -17,13 +17,14 @@ from urbis.api.http import CORE_CONTEXT, link_context
 from urbis.api.settings import Settings
 from urbis.connectors.live import LiveManager
 from urbis.connectors.sync import SyncManager
+from urbis.ngsild.contexts import ContextRegistry
 from urbis.ngsild.federation import Federation
 from urbis.ngsild.registrations import RegistrationStore
 from urbis.ngsild.subscriptions import Notifier
 from urbis.twin.access import AccessPolicy, AllowAll, Caller
 from urbis.twin.caller_view import CallerView
 from urbis.twin.changes import WriteContext
-from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.context import ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.entities import EntityService
 from urbis.twin.errors import BadRequestData, Unauthorized

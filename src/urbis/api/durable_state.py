@@ -10,9 +10,9 @@ from pathlib import Path
 from urbis.api.settings import Settings
 from urbis.connectors.legacy import import_legacy_connector_state
 from urbis.connectors.sources import import_legacy_sources
+from urbis.ngsild.contexts import import_legacy_contexts
 from urbis.ngsild.registrations import import_legacy_registrations
 from urbis.ngsild.subscriptions import import_legacy_subscriptions
-from urbis.twin.context import import_legacy_contexts
 from urbis.twin.state import StateStore, StateTransaction, import_once, open_state_store
 
 # (marker name, folder under the data directory, the feature's reader of its old files)

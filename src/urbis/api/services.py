@@ -31,11 +31,12 @@ from urbis.connectors.live import LiveManager
 from urbis.connectors.registry import ConnectorRegistry
 from urbis.connectors.scheduler import run_scheduler
 from urbis.connectors.sync import SyncManager
+from urbis.ngsild.contexts import ContextRegistry
 from urbis.ngsild.federation import Federation, broker_alias
 from urbis.ngsild.registrations import RegistrationStore
 from urbis.ngsild.subscriptions import Notifier, SubscriptionStore
 from urbis.twin.access import ALLOW_ALL, AccessPolicy
-from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.context import ContextResolver
 from urbis.twin.core import Twin
 from urbis.twin.errors import ConfigError
 from urbis.twin.outbound import OutboundGuard
@@ -125,7 +126,7 @@ class Services:
             self.registrations,
             self.resolver,
             self.outbound,
-            alias=broker_alias(settings.federation_alias, data_dir),
+            alias=broker_alias(settings.federation_alias, self.durable, data_dir),
             timeout=settings.federation_timeout,
             max_window=settings.federation_max_window,
         )

@@ -41,7 +41,7 @@ from urbis.connectors.quarantine import Quarantine, QuarantineEntry, raw_record,
 from urbis.connectors.registry import ConnectorRegistry, UnknownKind, default_registry
 from urbis.connectors.sources import SourceCatalog
 from urbis.twin.changes import WriteContext
-from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.context import ContextResolver, ContextStore
 from urbis.twin.core import Twin
 from urbis.twin.entities import EntityService
 from urbis.twin.errors import ERROR_BASE, NgsiLdError, ResourceNotFound
@@ -454,7 +454,7 @@ class SyncManager:
         self,
         twin: Twin,
         resolver: ContextResolver,
-        contexts: ContextRegistry,
+        contexts: ContextStore,
         *,
         data_dir: Path | None,
         sources_dir: Path | None = None,

@@ -20,7 +20,7 @@ from urbis.connectors.definition import SourceDefinition, parse_definition
 from urbis.connectors.sync import SyncManager
 from urbis.demo import city as demo
 from urbis.twin.changes import WriteContext
-from urbis.twin.context import ContextRegistry, ContextResolver
+from urbis.twin.context import ContextResolver, ContextStore
 from urbis.twin.core import Twin
 from urbis.twin.entities import BatchItem
 from urbis.twin.model import EntityReader, now_iso
@@ -32,7 +32,7 @@ log = logging.getLogger("urbis")
 DEMO_DATASET = "urn:urbis:dataset:demo"
 
 
-def demo_terms(resolver: ContextResolver, registry: ContextRegistry) -> Terms:
+def demo_terms(resolver: ContextResolver, registry: ContextStore) -> Terms:
     """The packaged smart-city context, resolved from the registry (never fetched)."""
     return resolver.resolve(registry.get(demo.CONTEXT_ID)["@context"])
 

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
@@ -38,6 +38,7 @@ from urbis.twin.outbound import OutboundGuard, fetch_failed, guarded_async_clien
 from urbis.twin.query.plan import EntityQuery
 from urbis.twin.query.selector import EntitySelector
 from urbis.twin.query.typeexpr import TypeExpr, type_names
+from urbis.twin.state import StateStore
 from urbis.twin.terms import Terms
 
 Doc = dict[str, Any]
@@ -111,18 +112,24 @@ class _SourceAnswer:
 # -- identity and loops ---------------------------------------------------------------------
 
 
-def broker_alias(configured: str | None, data_dir: Path | None) -> str:
-    """This broker's name in Via headers: the setting, else one kept in the data directory."""
+FEDERATION: Final = "federation"  # the state store's collection: this broker's own settings
+
+
+def broker_alias(configured: str | None, state: StateStore, legacy_dir: Path | None = None) -> str:
+    """This broker's name in Via headers: the setting, else one kept in the state store (so it
+    survives restarts and travels with `urbis export`); a `federation-alias` file of an older
+    data directory is taken over once."""
     if configured:
         return configured
-    if data_dir is None:
-        return f"urbis-{uuid.uuid4().hex[:12]}"
-    path = Path(data_dir) / "federation-alias"
-    if path.exists():
-        return path.read_text().strip()
-    alias = f"urbis-{uuid.uuid4().hex[:12]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(alias + "\n")
+    stored = state.get(FEDERATION, "", "alias")
+    if stored is not None and isinstance(stored.get("alias"), str):
+        return str(stored["alias"])
+    legacy = Path(legacy_dir) / "federation-alias" if legacy_dir is not None else None
+    if legacy is not None and legacy.exists():
+        alias = legacy.read_text().strip()
+    else:
+        alias = f"urbis-{uuid.uuid4().hex[:12]}"
+    state.put(FEDERATION, "", "alias", {"alias": alias})
     return alias
 
 
