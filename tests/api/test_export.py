@@ -7,9 +7,7 @@ import json
 import queue
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from pyoxigraph import RdfFormat, parse
 from tests.conftest import TOKEN
 from urbis.api.app import create_app
 from urbis.api.settings import Settings
+from urbis.testing.receiver import receiving
 
 NGSI = "/ngsi-ld/v1"
 LINK = (
@@ -158,25 +157,8 @@ SENSOR = "urn:ngsi-ld:Sensor:1"
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, queue.Queue[Any]]]:
     """A real HTTP server on loopback that keeps every notification POSTed to it."""
-    inbox: queue.Queue[Any] = queue.Queue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            inbox.put(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/notify", inbox
-    finally:
-        server.shutdown()
-        server.server_close()
+    with receiving() as (url, inbox):
+        yield url, inbox
 
 
 def city_app(data: Path) -> TestClient:

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import queue
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
+from urbis.testing.receiver import receiving
 from urbis.testing.server import running_server
 from urbis.twin.query.idpattern import compile_id_pattern
 
@@ -164,32 +163,14 @@ class Servers:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     logs = tmp_path_factory.mktemp("matching")
-    received: queue.Queue[dict[str, Any]] = queue.Queue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.put(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    receiver = Receiver(f"http://127.0.0.1:{http.server_address[1]}/notify", received)
-    try:
-        with (  # --open: admin access and loopback destinations, as a local test setup needs
-            running_server("--memory", "--open", log=logs / "a.log") as a,
-            running_server("--memory", "--open", log=logs / "b.log") as b,
-            httpx.Client(base_url=a, timeout=REQUEST_TIMEOUT, trust_env=False) as client_a,
-            httpx.Client(base_url=b, timeout=REQUEST_TIMEOUT, trust_env=False) as client_b,
-        ):
-            yield Servers(client_a, client_b, receiver)
-    finally:
-        http.shutdown()
-        http.server_close()
+    with (  # --open: admin access and loopback destinations, as a local test setup needs
+        receiving() as (url, received),
+        running_server("--memory", "--open", log=logs / "a.log") as a,
+        running_server("--memory", "--open", log=logs / "b.log") as b,
+        httpx.Client(base_url=a, timeout=REQUEST_TIMEOUT, trust_env=False) as client_a,
+        httpx.Client(base_url=b, timeout=REQUEST_TIMEOUT, trust_env=False) as client_b,
+    ):
+        yield Servers(client_a, client_b, Receiver(url, received))
 
 
 def tenant(name: str) -> dict[str, str]:

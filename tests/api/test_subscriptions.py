@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ from tests.conftest import TOKEN
 from urbis.api.app import create_app
 from urbis.api.settings import Settings
 from urbis.ngsild.subscriptions import Notifier
+from urbis.testing.receiver import Received, receiving
 
 SUBS = "/ngsi-ld/v1/subscriptions"
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -28,13 +26,6 @@ LOOPBACK = ["127.0.0.1"]  # the receivers listen on loopback: allowed past the o
 @pytest.fixture
 def settings() -> Settings:
     return Settings(admin_token=TOKEN, demo=False, outbound_allow=LOOPBACK)
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: Any
 
 
 @dataclass
@@ -55,27 +46,8 @@ class Receiver:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     """A real HTTP server on loopback that records every notification POSTed to it."""
-    inbox: queue.Queue[Received] = queue.Queue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            inbox.put(Received(self.path, headers, json.loads(raw)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield Receiver(f"http://127.0.0.1:{server.server_address[1]}/notify", inbox)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with receiving(keep=lambda received: received) as (url, inbox):
+        yield Receiver(url, inbox)
 
 
 def notifier(client: TestClient) -> Notifier:

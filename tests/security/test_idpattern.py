@@ -8,12 +8,9 @@ would read differently is refused with a 400 wherever it is given.
 
 from __future__ import annotations
 
-import json
 import queue
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -24,6 +21,7 @@ from tests.conftest import TOKEN
 from urbis.api.app import create_app
 from urbis.api.settings import Settings
 from urbis.ngsild.subscriptions import Notifier
+from urbis.testing.receiver import receiving
 from urbis.testing.server import running_server
 from urbis.twin.errors import BadRequestData
 from urbis.twin.query.idpattern import compile_id_pattern
@@ -183,25 +181,8 @@ def loopback_settings() -> Settings:
 @pytest.fixture
 def inbox() -> Iterator[tuple[str, queue.Queue[Any]]]:
     """A loopback receiver of notifications."""
-    received: queue.Queue[Any] = queue.Queue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.put(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{http.server_address[1]}/notify", received
-    finally:
-        http.shutdown()
-        http.server_close()
+    with receiving() as (url, received):
+        yield url, received
 
 
 def test_one_meaning_across_queries_subscriptions_and_registrations(
