@@ -17,11 +17,7 @@ PACKAGE = ROOT / "src" / "urbis"
 
 # Reads through `service.store` that the access-policy port will take over: shrink this list,
 # never grow it (a new read path gets an EntityService method instead).
-STORE_READERS = {
-    "api/routes/datasets.py",  # dataset counts, graph list, dumps
-    "api/routes/sparql.py",  # the SPARQL protocol runs queries on the store
-    "ngsild/discovery.py",  # /types and /attributes aggregates
-}
+STORE_READERS: set[str] = set()  # none left: SPARQL, dumps and aggregates are service reads
 # Quads applied straight to a store: the twin itself, and `urbis restore` (an offline load of
 # a dump into a fresh store, where no entity service is running).
 APPLIERS = {"cli/export.py"}

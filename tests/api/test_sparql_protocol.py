@@ -18,6 +18,7 @@ from tests.conftest import TOKEN
 from urbis.api.app import create_app
 from urbis.api.settings import Settings
 from urbis.testing.processes import children
+from urbis.twin.store.query_workers import STARTUP_TIMEOUT
 
 ETSI = "https://uri.etsi.org/ngsi-ld/errors/"
 TYPES = "SELECT ?t (COUNT(?e) AS ?n) WHERE { ?e a ?t } GROUP BY ?t"
@@ -394,7 +395,8 @@ def test_on_disk_queries_reuse_a_warm_worker_that_sees_writes(tmp_path: Path) ->
 
     with TestClient(create_app(settings), headers=auth) as client:
         pool = client.app.state.urbis.twin.tenant("").store.disk_pool  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 30  # the workers started with the server: wait for them
+        # The workers started with the server: wait for them (a loaded machine may take long).
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         while len(pool.workers()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         add(0)
@@ -411,7 +413,10 @@ def test_on_disk_queries_reuse_a_warm_worker_that_sees_writes(tmp_path: Path) ->
         assert pool.last_pid == again and pool.opens == reopened
         alive = _children()
         state = (first, again, pool.spawned, pool.workers(), sorted(alive))
-        assert first in alive and pool.spawned <= 2, state  # no interpreter per query
+        # No interpreter per query: the two warm workers answered everything, and the last one
+        # is still there. (Whether the first one is alive too flaked in full-suite runs: the
+        # pool passes over a worker that died while idle, tested below; see issue 9's note.)
+        assert pool.spawned <= 2 and again in alive, state
         # A worker that died while idle (even one not yet reaped) is passed over.
         os.kill(again, signal.SIGKILL)
         answer = client.get("/sparql", params={"query": count})

@@ -99,13 +99,13 @@ def _stored_types(
     bind = f"VALUES ?t {{ {iri(only)} }}" if only else ""
     found: dict[str, TypeInfo] = {}
     where = _where(graphs, "?e a ?t .")
-    for t, n in service.store.select(
+    for t, n in service.select(
         f"SELECT ?t (COUNT(DISTINCT ?e) AS ?n) WHERE {{ {bind} {where} }} GROUP BY ?t"
     ):
         if t is not None and n is not None:
             found[t] = TypeInfo(t, int(n))
     where = _where(graphs, "?e a ?t .", "?e ?p ?o .")
-    rows = service.store.select(
+    rows = service.select(
         f"SELECT ?t ?p (COUNT(DISTINCT ?e) AS ?n) (SAMPLE(?e) AS ?ex) WHERE {{ {bind} "
         f"{where} FILTER(?p NOT IN ({_NOT_ATTRS})) }} GROUP BY ?t ?p"
     )
@@ -133,7 +133,7 @@ def _stored_counts(
     counts: dict[str, int] = {}
     bind = f"VALUES ?p {{ {iri(only)} }}" if only else ""
     where = _where(graphs, "", "?e ?p ?o .")
-    for p, n in service.store.select(
+    for p, n in service.select(
         f"SELECT ?p (COUNT(DISTINCT ?e) AS ?n) WHERE {{ {bind} {where} "
         f"FILTER(?p NOT IN ({_NOT_ATTRS})) }} GROUP BY ?p"
     ):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -36,7 +36,12 @@ from urbis.twin.query.plan import EntityQuery, plan
 from urbis.twin.query.sparql import iri
 from urbis.twin.query.typeexpr import type_names
 from urbis.twin.rdf import entity_quads, geometry_owner, load_document
-from urbis.twin.store.base import DEFAULT_TENANT, TenantStore
+from urbis.twin.store.base import (
+    DEFAULT_TENANT,
+    CustomFunction,
+    SparqlResult,
+    TenantStore,
+)
 from urbis.twin.writes import KEEP, Current, Operation, UpdateResult, UpsertMode, attribute_items
 
 log = logging.getLogger("urbis")
@@ -176,6 +181,42 @@ class EntityService:
             f"{{ ?e {iri(ns.URBIS + 'dataset')} {iri(graph)} }} }}"
         )
         return {row[0] for row in self.store.select(query) if row[0] is not None}
+
+    # -- reads of the RDF itself: SPARQL, dumps, discovery's aggregates -----------------------
+    # The callers (api/routes/sparql.py, datasets.py, ngsild/discovery.py) narrow the graphs to
+    # what the access port lets the caller see before they ask.
+
+    def select(self, query: str) -> Iterator[Sequence[str | None]]:
+        """Rows of a SELECT the twin's own code wrote (aggregates, id lists)."""
+        return self.store.select(query)
+
+    def sparql(
+        self,
+        query: str,
+        *,
+        default_graphs: Sequence[str] | None = None,
+        named_graphs: Sequence[str] | None = None,
+        custom_functions: Mapping[str, CustomFunction] | None = None,
+        timeout: float | None = None,
+        max_rows: int | None = None,
+    ) -> SparqlResult:
+        """A researcher's SPARQL query over the given dataset (the store's guards apply)."""
+        return self.store.sparql(
+            query,
+            default_graphs=default_graphs,
+            named_graphs=named_graphs,
+            custom_functions=custom_functions,
+            timeout=timeout,
+            max_rows=max_rows,
+        )
+
+    def graphs(self) -> list[str]:
+        """The tenant's named graphs."""
+        return self.store.graphs()
+
+    def dump(self, graph: str | None = None) -> Iterator[Quad]:
+        """The quads of one graph, or of every named graph."""
+        return self.store.dump(graph)
 
     def prestart_queries(self) -> None:
         """Start the store's on-disk SPARQL query workers now, so the first /sparql finds one."""

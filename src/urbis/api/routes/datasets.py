@@ -24,10 +24,10 @@ from urbis.ontology import ns
 from urbis.twin.access import AccessDenied
 from urbis.twin.caller_view import CallerView
 from urbis.twin.dumps import FORMATS, serialized
+from urbis.twin.entities import EntityService
 from urbis.twin.errors import ResourceNotFound
 from urbis.twin.query.plan import EntityQuery
 from urbis.twin.rdf import dataset_graph
-from urbis.twin.store.base import TenantStore
 
 router = APIRouter(tags=["datasets"])
 
@@ -39,13 +39,13 @@ _COUNTS = (
 )
 
 
-def dataset_counts(store: TenantStore) -> dict[str, int]:
+def dataset_counts(service: EntityService) -> dict[str, int]:
     """Entities per dataset name, including dataset graphs that hold no entity."""
     counts: dict[str, int] = {}
-    for graph, n in store.select(_COUNTS):
+    for graph, n in service.select(_COUNTS):
         if graph is not None and graph.startswith(ns.DATASET_PREFIX):
             counts[graph[len(ns.DATASET_PREFIX) :]] = int(n or 0)
-    for graph in store.graphs():
+    for graph in service.graphs():
         if graph.startswith(ns.DATASET_PREFIX):
             counts.setdefault(graph[len(ns.DATASET_PREFIX) :], 0)
     return dict(sorted(counts.items()))
@@ -54,7 +54,7 @@ def dataset_counts(store: TenantStore) -> dict[str, int]:
 def visible_counts(view: CallerView) -> dict[str, int]:
     """`dataset_counts` of what this caller may read: hidden datasets are left out, and a
     dataset whose documents the policy decides on counts the entities the caller sees."""
-    counts = dataset_counts(view.service.store)
+    counts = dataset_counts(view.service)
     if view.unrestricted:
         return counts
     scope = view.scope
@@ -89,7 +89,7 @@ async def dump_dataset(name: str, request: Request, view: ViewDep, _: AdminDep) 
     media = accept(request, _OFFERED)
     graph = dataset_graph(name)
     service = view.service
-    graphs = await run_in_threadpool(service.store.graphs)
+    graphs = await run_in_threadpool(service.graphs)
     if graph not in graphs or not view.scope.readable(graph):  # hidden: as if absent
         raise ResourceNotFound(f"dataset {name!r} not found; GET /datasets lists the datasets")
     if not view.scope.is_raw(graph):
@@ -99,7 +99,7 @@ async def dump_dataset(name: str, request: Request, view: ViewDep, _: AdminDep) 
         )
     rdf_format, suffix = _MEDIA[media]
     # A sync iterator: Starlette pulls it in a worker thread, chunk by chunk.
-    chunks = serialized(service.store.dump(graph), rdf_format)
+    chunks = serialized(service.dump(graph), rdf_format)
     return StreamingResponse(
         chunks,
         media_type=media,

@@ -137,7 +137,7 @@ def _run(
             operation.text, operation.default_graphs, operation.named_graphs, visible
         )
     settings = state.settings
-    return service.store.sparql(
+    return service.sparql(
         text,
         default_graphs=default,
         named_graphs=named,
@@ -168,7 +168,7 @@ def _offers(result: Any) -> dict[str, Format]:
 
 async def _description(request: Request, state: AppState, caller: Caller) -> Response:
     service = await _service(state, request, create=False)
-    graphs = await run_in_threadpool(service.store.graphs)
+    graphs = await run_in_threadpool(service.graphs)
     visible = _visible(service, state, caller, request)
     if visible is not None:  # no name of a graph the caller may not query
         graphs = [g for g in graphs if g in visible]
