@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from urbis.testing.server import free_port, running_server
+from urbis.testing.server import running_server, start_server
 
 TOKEN = "state-crash-token"
 ENV = {"URBIS_ADMIN_TOKEN": TOKEN, "URBIS_OUTBOUND_ALLOW": "127.0.0.1"}
@@ -25,23 +24,8 @@ NGSI = "/ngsi-ld/v1"
 
 
 def start(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [sys.executable, "-m", "urbis.cli", "serve", "--port", str(port)]
-    command += ["--data-dir", str(data)]
-    proc = subprocess.Popen(
-        command, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **ENV}
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-2000:]
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"urbis serve did not start: {log.read_text()[-2000:]}")
+    server = start_server("--data-dir", str(data), log=log, env=ENV)
+    return server.process, server.base
 
 
 def creations(i: int) -> list[tuple[str, str, dict[str, object]]]:
